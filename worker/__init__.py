@@ -1,0 +1,1 @@
+"""The billing worker: Celery app, settings, database session scope and the `billing` CLI."""
