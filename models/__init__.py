@@ -1,0 +1,27 @@
+"""The data model, the domain rules with no I/O, and the schema migrations.
+
+Importing the package registers every table on `Base.metadata`.
+"""
+
+from models.base import Base
+from models.billing import Charge, Invoice, InvoiceLine, LedgerEntry, Notification, Payment
+from models.catalog import BusinessModel, CustomerClass, Reseller
+from models.closed_period import ClosedPeriod
+from models.customer import BalanceControl, Customer, CustomerStatus
+
+__all__ = [
+    "BalanceControl",
+    "Base",
+    "BusinessModel",
+    "Charge",
+    "ClosedPeriod",
+    "Customer",
+    "CustomerClass",
+    "CustomerStatus",
+    "Invoice",
+    "InvoiceLine",
+    "LedgerEntry",
+    "Notification",
+    "Payment",
+    "Reseller",
+]

@@ -1,0 +1,65 @@
+"""The catalog a reseller's panel defines: resellers, business models, customer classes.
+
+Loaded from a YAML/JSON file (`billing catalog load`); customers refer to these by name.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import JSON, CheckConstraint, Integer, String, Text, func
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base, BigIntKey, Rate, UTCDateTime
+
+
+class Reseller(Base):
+    """Owns customers; invoice numbers run without gaps per reseller."""
+
+    __tablename__ = "resellers"
+
+    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    # The last invoice number handed out. Taken with `UPDATE … RETURNING` inside the
+    # transaction that finalizes the invoice, so a rollback gives the number back.
+    last_invoice_number: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    created_at: Mapped[dt.datetime] = mapped_column(
+        UTCDateTime(), server_default=func.current_timestamp()
+    )
+
+
+class BusinessModel(Base):
+    """Which service is provided: hosted IP PBX, internet access, …"""
+
+    __tablename__ = "business_models"
+
+    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    service_type: Mapped[str] = mapped_column(String(50))
+    description: Mapped[str] = mapped_column(Text, default="")
+
+
+class CustomerClass(Base):
+    """Parameters shared by every customer of the class.
+
+    `custom_fields` is a list of `{"name": str, "type": str, "mandatory": bool}`; `type` is
+    one of `models.intake.CUSTOM_FIELD_TYPES`.
+    """
+
+    __tablename__ = "customer_classes"
+    __table_args__ = (
+        CheckConstraint("grace_period_days >= 0", name="grace_period_non_negative"),
+        CheckConstraint("tax_rate >= 0", name="tax_rate_non_negative"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    grace_period_days: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    invoice_template: Mapped[str] = mapped_column(String(100), default="default.html")
+    tax_name: Mapped[str] = mapped_column(String(50), default="Tax")
+    tax_rate: Mapped[Decimal] = mapped_column(Rate(), default=Decimal(0))
+    notification_emails: Mapped[list[str]] = mapped_column(JSON, default=list)
+    custom_fields: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)

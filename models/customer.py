@@ -1,0 +1,107 @@
+"""The customer, as the reseller's panel defines it, and its current open billing period."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    Date,
+    ForeignKey,
+    Index,
+    String,
+    false,
+    func,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from models.base import Base, BigIntKey, Money, UTCDateTime
+from models.catalog import BusinessModel, CustomerClass, Reseller
+
+# Partial-index condition (PostgreSQL and SQLite both support it).
+_ACTIVE = text("status = 'active'")
+
+
+class BalanceControl(StrEnum):
+    PREPAID = "prepaid"
+    POSTPAID = "postpaid"
+
+
+class CustomerStatus(StrEnum):
+    """Lifecycle. Only active customers are billed; `blocked` is separate (see Customer)."""
+
+    ACTIVE = "active"
+    CLOSED = "closed"
+    TERMINATED = "terminated"
+
+
+class Customer(Base):
+    """A billed customer.
+
+    `balance` follows the panel's convention: for prepaid customers it is the available
+    funds (positive, charges lower it); for postpaid customers it is what the customer owes
+    (charges raise it). `blocked` means the customer may no longer use services (postpaid
+    balance at the credit limit, prepaid funds at zero); a blocked customer is still billed.
+
+    The current open period `[current_period_start, current_period_end)` is stored as UTC
+    instants; the closer selects on `current_period_end <= now` through a partial index.
+    `created_local_date` is the period anchor: the creation date in the billing timezone.
+    """
+
+    __tablename__ = "customers"
+    __table_args__ = (
+        Index(
+            "ix_customers_due",
+            "current_period_end",
+            postgresql_where=_ACTIVE,
+            sqlite_where=_ACTIVE,
+        ),
+        CheckConstraint("balance_control IN ('prepaid', 'postpaid')", name="balance_control_known"),
+        CheckConstraint("status IN ('active', 'closed', 'terminated')", name="status_known"),
+        CheckConstraint(
+            "credit_limit IS NULL OR (balance_control = 'postpaid' AND credit_limit >= 0)",
+            name="credit_limit_postpaid_only",
+        ),
+        CheckConstraint("current_period_start < current_period_end", name="period_not_empty"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
+    reseller_id: Mapped[int] = mapped_column(ForeignKey("resellers.id"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    business_model_id: Mapped[int] = mapped_column(ForeignKey("business_models.id"))
+    customer_class_id: Mapped[int] = mapped_column(ForeignKey("customer_classes.id"))
+    billing_period: Mapped[str] = mapped_column(String(32))
+    billing_timezone: Mapped[str] = mapped_column(String(64))
+    balance_control: Mapped[str] = mapped_column(String(8))
+    currency: Mapped[str] = mapped_column(String(3))
+    credit_limit: Mapped[Decimal | None] = mapped_column(Money())
+    balance: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0), server_default="0")
+    blocked: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    status: Mapped[str] = mapped_column(
+        String(16), default=CustomerStatus.ACTIVE.value, server_default=CustomerStatus.ACTIVE.value
+    )
+    custom_data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    created_local_date: Mapped[dt.date] = mapped_column(Date)
+    current_period_start: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    current_period_end: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    # One customer per intake idempotency key; a repeated key returns this customer.
+    intake_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    stored_at: Mapped[dt.datetime] = mapped_column(
+        UTCDateTime(), server_default=func.current_timestamp()
+    )
+
+    reseller: Mapped[Reseller] = relationship(lazy="raise")
+    business_model: Mapped[BusinessModel] = relationship(lazy="raise")
+    customer_class: Mapped[CustomerClass] = relationship(lazy="raise")
+
+
+# Names are unique case-insensitively; the index, not a check before insert, enforces it,
+# so two workers racing on the same name produce exactly one customer.
+Index("uq_customers_name_lower", func.lower(Customer.name), unique=True)

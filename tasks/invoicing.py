@@ -1,0 +1,1 @@
+"""Tasks of this module are added by the issue that builds them."""

@@ -1,0 +1,111 @@
+"""The Celery app: one place for every setting that keeps money safe.
+
+- JSON only: pickle would let whoever can write to the broker run code on the workers.
+- Late acks with reject-on-worker-lost: a task whose worker dies is redelivered, and every
+  task is idempotent in the database, so running it twice is harmless.
+- Prefetch of one: closing and invoicing tasks are long; a worker must not sit on messages
+  another idle worker could run.
+- Hard time limits well under the Redis visibility timeout (see `Settings`), so a message
+  is redelivered only when its worker really died.
+- Task and sent events on, so Flower sees every task from the moment it is sent.
+- One queue per concern; explicit task names, routed by name.
+- Beat runs in UTC; what is due is decided from the database, not from the schedule.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init
+from kombu import Queue
+
+from worker.config import Settings, settings
+
+QUEUES = ("intake", "closing", "invoicing", "charges")
+
+TASK_MODULES = [
+    "tasks.health",
+    "tasks.intake",
+    "tasks.closing",
+    "tasks.invoicing",
+    "tasks.charges",
+]
+
+TASK_ROUTES = {
+    "billing.customers.*": {"queue": "intake"},
+    "billing.ping": {"queue": "intake"},
+    "billing.periods.*": {"queue": "closing"},
+    "billing.invoices.*": {"queue": "invoicing"},
+    "billing.notifications.*": {"queue": "invoicing"},
+    "billing.charges.*": {"queue": "charges"},
+    "billing.payments.*": {"queue": "charges"},
+}
+
+# Hard limit for any task; the Redis visibility timeout (Settings) is well above it.
+TASK_TIME_LIMIT = 900
+
+
+def celery_config(conf: Settings) -> dict[str, Any]:
+    return {
+        "broker_url": conf.broker_url,
+        "result_backend": conf.result_backend,
+        "broker_transport_options": conf.broker_transport_options(),
+        "result_backend_transport_options": conf.result_backend_transport_options(),
+        "broker_connection_retry_on_startup": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_time_limit": TASK_TIME_LIMIT,
+        "task_soft_time_limit": TASK_TIME_LIMIT - 60,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_track_started": True,
+        "result_extended": True,
+        "result_expires": 24 * 3600,
+        "enable_utc": True,
+        "timezone": "UTC",
+        "task_queues": [Queue(name) for name in QUEUES],
+        "task_default_queue": "intake",
+        "task_routes": TASK_ROUTES,
+        "beat_schedule": beat_schedule(conf),
+        "imports": TASK_MODULES,
+    }
+
+
+def beat_schedule(conf: Settings) -> dict[str, Any]:
+    """Beat only wakes the closer and the reconciler; each decides from the database."""
+    return {
+        "close-due-periods": {
+            "task": "billing.periods.close_due",
+            "schedule": float(conf.close_interval),
+            "options": {"queue": "closing", "expires": float(conf.close_interval)},
+        },
+        "reconcile": {
+            "task": "billing.periods.reconcile",
+            "schedule": float(conf.reconcile_interval),
+            "options": {"queue": "closing", "expires": float(conf.reconcile_interval)},
+        },
+    }
+
+
+def create_app(conf: Settings | None = None) -> Celery:
+    conf = conf or settings()
+    celery = Celery("billing")
+    celery.conf.update(celery_config(conf))
+    return celery
+
+
+app = create_app()
+
+
+@worker_process_init.connect
+def _fresh_engine_after_fork(**_: Any) -> None:
+    # A pooled connection inherited from the parent process must never be shared.
+    from worker.db import reset_engine
+
+    reset_engine()

@@ -1,0 +1,120 @@
+"""Settings, resolved once from the environment.
+
+With nothing configured the worker runs on an embedded default: a SQLite database and a
+file-system broker under one local data folder, so a new user sees it work before
+installing PostgreSQL or Redis. Production sets `BILLING_DATABASE_URL` and
+`BILLING_BROKER_URL` (and, if it differs from the broker, `BILLING_RESULT_BACKEND`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+
+def _env_int(name: str, default: int, *, minimum: int = 1) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    database_url: str
+    broker_url: str
+    result_backend: str
+    # Prefix for every Redis key the broker and result backend write, so that several
+    # deployments (or test runs) can share one Redis without seeing each other's queues.
+    redis_key_prefix: str
+    close_interval: int
+    reconcile_interval: int
+    reconcile_after: int
+    invoice_batch_size: int
+    close_batch_size: int
+    embedded_database: bool
+    embedded_broker: bool
+
+    @property
+    def broker_folder(self) -> Path:
+        return self.data_dir / "broker"
+
+    def broker_transport_options(self) -> dict[str, Any]:
+        if self.embedded_broker:
+            folder = self.broker_folder
+            return {
+                "data_folder_in": str(folder / "queue"),
+                "data_folder_out": str(folder / "queue"),
+                "control_folder": str(folder / "control"),
+            }
+        options: dict[str, Any] = {
+            # Longer than any task's hard time limit, so a message is only redelivered
+            # when its worker really died.
+            "visibility_timeout": 3600,
+        }
+        if self.redis_key_prefix and self.broker_url.startswith(("redis", "rediss")):
+            options["global_keyprefix"] = self.redis_key_prefix
+        return options
+
+    def result_backend_transport_options(self) -> dict[str, Any]:
+        if self.redis_key_prefix and self.result_backend.startswith(("redis", "rediss")):
+            return {"global_keyprefix": self.redis_key_prefix}
+        return {}
+
+    def ensure_data_dir(self) -> None:
+        """Create the folders the embedded default writes to."""
+        if self.embedded_database or self.embedded_broker:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.embedded_broker:
+            for sub in ("queue", "control"):
+                (self.broker_folder / sub).mkdir(parents=True, exist_ok=True)
+
+
+def load_settings() -> Settings:
+    data_dir = Path(os.environ.get("BILLING_DATA_DIR") or ".billing-data").resolve()
+    database_url = os.environ.get("BILLING_DATABASE_URL") or ""
+    broker_url = os.environ.get("BILLING_BROKER_URL") or ""
+    result_backend = os.environ.get("BILLING_RESULT_BACKEND") or ""
+    embedded_database = not database_url
+    embedded_broker = not broker_url
+    if embedded_database:
+        database_url = f"sqlite:///{data_dir / 'billing.sqlite3'}"
+    if embedded_broker:
+        broker_url = "filesystem://"
+    if not result_backend:
+        if broker_url.startswith(("redis://", "rediss://")):
+            result_backend = broker_url
+        elif broker_url.startswith(("amqp://", "amqps://", "pyamqp://")):
+            result_backend = "rpc://"
+        else:
+            result_backend = f"db+sqlite:///{data_dir / 'results.sqlite3'}"
+    return Settings(
+        data_dir=data_dir,
+        database_url=database_url,
+        broker_url=broker_url,
+        result_backend=result_backend,
+        redis_key_prefix=os.environ.get("BILLING_REDIS_KEY_PREFIX", ""),
+        close_interval=_env_int("BILLING_CLOSE_INTERVAL", 300),
+        reconcile_interval=_env_int("BILLING_RECONCILE_INTERVAL", 300),
+        reconcile_after=_env_int("BILLING_RECONCILE_AFTER", 900, minimum=0),
+        invoice_batch_size=_env_int("BILLING_INVOICE_BATCH", 200),
+        close_batch_size=_env_int("BILLING_CLOSE_BATCH", 2000),
+        embedded_database=embedded_database,
+        embedded_broker=embedded_broker,
+    )
+
+
+@cache
+def settings() -> Settings:
+    """The process's settings; read once, at first use."""
+    return load_settings()

@@ -1,0 +1,94 @@
+"""Database engine, the one session scope every job uses, and after-commit follow-ups.
+
+Service functions take a `Session` and never open their own; the task adapter (or the CLI)
+opens exactly one scope per job:
+
+    with unit_of_work() as session:
+        result = service(session, ...)
+
+Follow-up Celery messages are registered with `after_commit(session, fn)` and sent only
+once the transaction that justifies them has committed; a rolled-back transaction sends
+nothing. A send that fails after the commit is healed by the reconcile step, because the
+database, not the message, is the source of truth.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import cache
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from worker.config import settings
+
+_AFTER_COMMIT = "billing.after_commit"
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine with the settings this project relies on for `url`'s database."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 60}, **kwargs)
+        _configure_sqlite(engine)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    kwargs.setdefault("pool_size", 5)
+    kwargs.setdefault("max_overflow", 5)
+    return create_engine(url, **kwargs)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    # pysqlite's own transaction handling defers BEGIN and cannot take a write lock up
+    # front; SQLAlchemy's documented recipe hands the transaction to us so that every unit
+    # of work starts with BEGIN IMMEDIATE: concurrent worker processes then queue on the
+    # lock (busy timeout) instead of failing with "database is locked" mid-transaction.
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+@cache
+def engine() -> Engine:
+    """The process's engine, created at first use (after a worker process has forked)."""
+    return make_engine(settings().database_url)
+
+
+@cache
+def session_factory() -> sessionmaker[Session]:
+    return sessionmaker(engine(), expire_on_commit=False)
+
+
+def after_commit(session: Session, callback: Callable[[], object]) -> None:
+    """Run `callback` once the session's current transaction has committed."""
+    session.info.setdefault(_AFTER_COMMIT, []).append(callback)
+
+
+@contextmanager
+def unit_of_work(factory: sessionmaker[Session] | None = None) -> Iterator[Session]:
+    """One session, one transaction; commit on success, then run the after-commit callbacks."""
+    with (factory or session_factory())() as session:
+        with session.begin():
+            yield session
+        callbacks: list[Callable[[], object]] = session.info.pop(_AFTER_COMMIT, [])
+        for callback in callbacks:
+            callback()
+
+
+def reset_engine() -> None:
+    """Forget the engine (after fork, or when tests change the settings)."""
+    if engine.cache_info().currsize:
+        engine().dispose(close=False)
+    engine.cache_clear()
+    session_factory.cache_clear()
