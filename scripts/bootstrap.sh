@@ -10,9 +10,15 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 stamp="$VENV/.installed-lock"
 if [ ! -f "$stamp" ] || ! cmp -s requirements.lock "$stamp" || [ pyproject.toml -nt "$stamp" ]; then
-    "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet -r requirements.lock
-    "$VENV/bin/python" -m pip install --quiet --no-deps -e .
+    log="$VENV/install.log"
+    echo "installing pinned dependencies into $VENV (log: $log)" >&2
+    if ! { "$VENV/bin/python" -m pip install --upgrade pip \
+            && "$VENV/bin/python" -m pip install -r requirements.lock \
+            && "$VENV/bin/python" -m pip install --no-deps -e .; } >"$log" 2>&1; then
+        tail -n 40 "$log" >&2
+        echo "installation failed; full log in $log" >&2
+        exit 1
+    fi
     cp requirements.lock "$stamp"
 fi
 export PATH="$VENV/bin:$PATH"

@@ -18,7 +18,7 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import worker_process_init
-from kombu import Queue
+from kombu.entity import Queue
 
 from worker.config import Settings, settings
 
