@@ -1,0 +1,87 @@
+"""Rows for tests, built through the ORM with the real period engine.
+
+`make_customer` stores a customer exactly as intake would (first period from the engine);
+tests that exercise intake itself go through the intake service or task instead.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from models import BusinessModel, Customer, CustomerClass, Reseller
+
+_names = itertools.count(1)
+
+
+def get_or_create_catalog(
+    session: Session,
+    *,
+    reseller: str = "acme",
+    business_model: str = "Hosted IP PBX",
+    customer_class: str = "Business",
+    **class_fields: Any,
+) -> tuple[Reseller, BusinessModel, CustomerClass]:
+    r = session.scalar(select(Reseller).where(Reseller.name == reseller))
+    if r is None:
+        r = Reseller(name=reseller, display_name=reseller.title())
+        session.add(r)
+    bm = session.scalar(select(BusinessModel).where(BusinessModel.name == business_model))
+    if bm is None:
+        bm = BusinessModel(name=business_model, service_type="voice", description="")
+        session.add(bm)
+    cc = session.scalar(select(CustomerClass).where(CustomerClass.name == customer_class))
+    if cc is None:
+        cc = CustomerClass(name=customer_class, **class_fields)
+        session.add(cc)
+    session.flush()
+    return r, bm, cc
+
+
+def make_customer(
+    session: Session,
+    *,
+    name: str | None = None,
+    billing_period: str = "monthly",
+    billing_timezone: str = "UTC",
+    created_at: dt.datetime | None = None,
+    balance_control: str = "postpaid",
+    currency: str = "USD",
+    credit_limit: Decimal | None = Decimal("500.00"),
+    balance: Decimal = Decimal(0),
+    **fields: Any,
+) -> Customer:
+    """A customer whose current period is the engine's first period for `created_at`."""
+    import pendulum
+
+    from models.periods import first_period
+
+    reseller, business_model, customer_class = get_or_create_catalog(session)
+    created_at = created_at or dt.datetime(2026, 1, 15, 12, 0, tzinfo=dt.UTC)
+    local_date = pendulum.instance(created_at).in_timezone(billing_timezone).date()
+    period = first_period(billing_period, local_date, billing_timezone)
+    customer = Customer(
+        reseller_id=reseller.id,
+        name=name or f"Customer {next(_names)}",
+        business_model_id=business_model.id,
+        customer_class_id=customer_class.id,
+        billing_period=billing_period,
+        billing_timezone=billing_timezone,
+        balance_control=balance_control,
+        currency=currency,
+        credit_limit=credit_limit if balance_control == "postpaid" else None,
+        balance=balance,
+        created_at=created_at,
+        created_local_date=local_date,
+        current_period_start=period.start,
+        current_period_end=period.end,
+        **fields,
+    )
+    session.add(customer)
+    session.flush()
+    return customer
