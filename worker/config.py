@@ -90,7 +90,9 @@ def load_settings() -> Settings:
     if embedded_database:
         database_url = f"sqlite:///{data_dir / 'billing.sqlite3'}"
     if embedded_broker:
-        broker_url = "filesystem://"
+        # The host means nothing to the file-system transport; naming one keeps kombu from
+        # warning "No hostname was supplied" on every connection.
+        broker_url = "filesystem://localhost//"
     if not result_backend:
         if broker_url.startswith(("redis://", "rediss://")):
             result_backend = broker_url
