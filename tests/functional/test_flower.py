@@ -1,0 +1,208 @@
+"""Flower, started from its package as docker-compose starts it, watching the run's worker.
+
+Flower reads the same settings as the worker (the test Redis under this run's key prefix)
+and its login from FLOWER_BASIC_AUTH, as in docker-compose.yml. Tasks go through the real
+broker and the session's real worker; what Flower shows is read over its HTTP API.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import REPO_ROOT, wait_for
+from worker.commands import compose_command, flower_arguments
+
+pytestmark = pytest.mark.functional
+
+LOGIN = "ops:correct-horse"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Flower:
+    def __init__(self, log_path: Path) -> None:
+        self.port = free_port()
+        self.log_path = log_path
+        command = [
+            sys.executable,
+            "-m",
+            *compose_command(flower_arguments(port=self.port)),
+            "--address=127.0.0.1",
+        ]
+        with log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                command,
+                cwd=REPO_ROOT,
+                env={**os.environ, "FLOWER_BASIC_AUTH": LOGIN},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def request(self, path: str, *, login: str | None = LOGIN) -> tuple[int, bytes]:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}")
+        if login is not None:
+            token = base64.b64encode(login.encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+    def api(self, path: str) -> Any:
+        status, body = self.request(path)
+        assert status == 200, (status, body[:500])
+        return json.loads(body)
+
+    def answers(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"flower exited:\n{self.log()}")
+        try:
+            return self.request("/healthcheck", login=None) == (200, b"OK")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def flower(worker, tmp_path) -> Iterator[Flower]:
+    process = Flower(tmp_path / "flower.log")
+    try:
+        wait_for(process.answers, timeout=60, interval=0.2, what="flower answers")
+        # Flower knows a worker only from its events (heartbeats every 2 s): once it shows
+        # the worker online, its event stream under the run's key prefix is flowing.
+        wait_for(
+            lambda: process.api("/api/workers?status=true").get(worker.nodename) is True,
+            timeout=60,
+            interval=0.5,
+            what=f"flower sees the worker online:\n{process.log()}",
+        )
+        yield process
+    finally:
+        process.stop()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one Prometheus sample with exactly these labels (0 if absent)."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}", 1)[0]))
+        if found == labels:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_flower_refuses_its_api_and_dashboard_without_the_login(flower) -> None:
+    """Without credentials (or with wrong ones) the API and dashboard answer 401."""
+    assert flower.request("/api/workers", login=None)[0] == 401
+    assert flower.request("/api/tasks", login=None)[0] == 401
+    assert flower.request("/", login=None)[0] == 401
+    assert flower.request("/api/workers", login="ops:wrong")[0] == 401
+
+
+def test_flower_shows_the_worker_and_each_task_by_name_with_its_result(
+    flower, worker, celery_app
+) -> None:
+    """Tasks run by the real worker appear in Flower by name, SUCCESS, args and result."""
+    from tasks.health import ping
+
+    sent = [ping.delay(f"flower-{n}") for n in range(3)]
+    for result in sent:
+        result.get(timeout=30)
+    ids = {result.id for result in sent}
+
+    def all_succeeded() -> dict[str, Any] | None:
+        tasks = flower.api("/api/tasks?taskname=billing.ping")
+        ours = {task_id: task for task_id, task in tasks.items() if task_id in ids}
+        if len(ours) == len(ids) and all(t["state"] == "SUCCESS" for t in ours.values()):
+            return ours
+        return None
+
+    ours = wait_for(all_succeeded, timeout=30, interval=0.5, what="flower shows the tasks")
+    for task in ours.values():
+        assert task["name"] == "billing.ping"
+        assert task["worker"] == worker.nodename
+        assert "flower-" in task["args"]
+        assert "pong" in task["result"]
+
+    workers = flower.api(f"/api/workers?refresh=1&workername={worker.nodename}")
+    assert {queue["name"] for queue in workers[worker.nodename]["active_queues"]} == {
+        "intake",
+        "closing",
+        "invoicing",
+        "charges",
+    }
+
+
+def test_flower_metrics_count_the_tasks_sent_and_succeeded(flower, worker) -> None:
+    """/metrics counts the sent (by the producer) and succeeded (by the worker) task events."""
+    from tasks.health import ping
+
+    def succeeded_count() -> float:
+        status, body = flower.request("/metrics", login=None)
+        assert status == 200
+        text = body.decode()
+        return metric(
+            text,
+            "flower_events_total",
+            task="billing.ping",
+            type="task-succeeded",
+            worker=worker.nodename,
+        )
+
+    before = succeeded_count()
+    for n in range(2):
+        ping.delay(f"metrics-{n}").get(timeout=30)
+    wait_for(lambda: succeeded_count() >= before + 2, timeout=30, what="metrics count the pings")
+
+    text = flower.request("/metrics", login=None)[1].decode()
+    assert metric(text, "flower_worker_online", worker=worker.nodename) == 1.0
+    assert (
+        metric(
+            text,
+            "flower_events_total",
+            task="billing.ping",
+            type="task-received",
+            worker=worker.nodename,
+        )
+        >= before + 2
+    )
+    # task-sent events come from the producer (this test process), not the worker.
+    sent = [
+        line
+        for line in text.splitlines()
+        if line.startswith("flower_events_total{")
+        and 'type="task-sent"' in line
+        and 'task="billing.ping"' in line
+    ]
+    assert sent, "task_send_sent_event is off: Flower never saw the tasks being sent"
