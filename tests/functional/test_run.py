@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,6 +27,10 @@ from tests.support import REPO_ROOT, create_database, drop_database, wait_for
 pytestmark = pytest.mark.functional
 
 BILLING = str(Path(sys.executable).with_name("billing"))
+CLOSE_RECEIVED = re.compile(
+    r"Task billing\.periods\.close_due\[[0-9a-f-]+\] received"
+    r"|unregistered task of type 'billing\.periods\.close_due'"
+)
 
 
 class BillingRun:
@@ -111,7 +116,12 @@ def test_billing_run_on_the_embedded_default_works_and_stops_on_ctrl_c(runs, tmp
     """With nothing configured, it migrates SQLite, runs work and beat, and exits 0 on Ctrl-C."""
     data_dir = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
-    env.update(BILLING_DATA_DIR=str(data_dir), BILLING_CLOSE_INTERVAL="1")
+    # Beat's first close would only come an hour after start; reconcile every second.
+    env.update(
+        BILLING_DATA_DIR=str(data_dir),
+        BILLING_CLOSE_INTERVAL="3600",
+        BILLING_RECONCILE_INTERVAL="1",
+    )
     run = BillingRun(env, tmp_path / "run.log")
     runs.append(run)
     run.wait_until_ready()
@@ -126,10 +136,17 @@ def test_billing_run_on_the_embedded_default_works_and_stops_on_ctrl_c(runs, tmp
 
     assert ping_through(env, "embedded") == {"status": "pong", "payload": "embedded"}
     wait_for(
-        lambda: "Sending due task close-due-periods" in run.log(),
+        lambda: "Sending due task reconcile" in run.log(),
         timeout=30,
-        what="beat sends the period close",
+        what="beat sends the reconcile",
     )
+    # The period close reached the worker at start, not an interval later.
+    wait_for(
+        lambda: CLOSE_RECEIVED.search(run.log()),
+        timeout=30,
+        what="the worker receives the period close sent at start",
+    )
+    assert "Sending due task close-due-periods" not in run.log()
 
     second = subprocess.run(
         [BILLING, "run"], env=env, capture_output=True, text=True, timeout=60, check=False

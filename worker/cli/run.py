@@ -79,6 +79,7 @@ def run(concurrency: int, loglevel: str, close_interval: int | None, beat: bool)
         children.start("worker", _worker_command(concurrency, loglevel))
         if beat:
             children.start("beat", _beat_command(conf, beat_conf, loglevel))
+            _close_due_now(conf)
         code = children.supervise()
     click.echo(f"billing run: stopped (exit code {code})")
     sys.exit(code)
@@ -103,6 +104,21 @@ def _beat_command(conf: Settings, beat_conf: BeatSettings, loglevel: str) -> lis
 
 def _celery() -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "worker"]
+
+
+def _close_due_now(conf: Settings) -> None:
+    """Wake the closer once at start: what fell due while nothing ran is closed now, not
+    one close interval later (Celery's own scheduler first fires an interval after start)."""
+    from worker.celery_app import beat_schedule, create_app
+
+    entry = beat_schedule(conf)["close-due-periods"]
+    celery = create_app(conf)
+    try:
+        celery.send_task(entry["task"], **entry["options"])
+    except Exception as exc:  # the broker may still be starting; beat sends it later anyway
+        click.echo(f"billing run: could not send the first period close now ({exc})", err=True)
+    finally:
+        celery.close()
 
 
 def _uses_data_folder(conf: Settings, beat_conf: BeatSettings) -> bool:
@@ -168,12 +184,13 @@ def _print_banner(conf: Settings, beat_conf: BeatSettings | None) -> None:
         lines.append("  beat        : not started (--no-beat)")
     elif beat_conf.scheduler == PERSISTENT_SCHEDULER:
         lines.append(
-            f"  beat        : closes due periods every {conf.close_interval} s; "
+            f"  beat        : closes due periods now, then every {conf.close_interval} s; "
             f"schedule in {conf.data_dir / 'celerybeat-schedule'}"
         )
     else:
         lines.append(
-            f"  beat        : closes due periods every {conf.close_interval} s; redbeat lock "
+            f"  beat        : closes due periods now, then every {conf.close_interval} s; "
+            f"redbeat lock "
             f"{beat_conf.lock_key} (taken over {beat_conf.lock_timeout} s after a holder dies)"
         )
     lines.append(f"  stop        : Ctrl-C, or `kill {os.getpid()}` (SIGTERM)")
