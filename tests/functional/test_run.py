@@ -60,12 +60,20 @@ class BillingRun:
 
         wait_for(ready, timeout=90, interval=0.2, what="the worker of billing run is ready")
 
+    def process_children(self) -> list[psutil.Process]:
+        return psutil.Process(self.process.pid).children()
+
     def descendants(self) -> list[psutil.Process]:
         return psutil.Process(self.process.pid).children(recursive=True)
 
     def ctrl_c(self) -> int:
         """What the terminal does on Ctrl-C: SIGINT to the foreground process group."""
         os.killpg(self.process.pid, signal.SIGINT)
+        return self.process.wait(timeout=90)
+
+    def terminate(self) -> int:
+        """What `kill`, systemd or a container engine does: SIGTERM to the process."""
+        self.process.terminate()
         return self.process.wait(timeout=90)
 
     def kill(self) -> None:
@@ -103,10 +111,11 @@ def ping_through(env: dict[str, str], payload: str) -> dict[str, object]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def assert_stops_cleanly(run: BillingRun) -> None:
+def assert_stops_cleanly(run: BillingRun, *, how: str = "ctrl-c") -> None:
     children = run.descendants()
     assert len(children) >= 2  # at least the worker and beat
-    assert run.ctrl_c() == 0, run.log()
+    code = run.ctrl_c() if how == "ctrl-c" else run.terminate()
+    assert code == 0, run.log()
     assert "billing run: stopped (exit code 0)" in run.log()
     _gone, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, f"left running after Ctrl-C: {alive}"
@@ -160,7 +169,7 @@ def test_billing_run_on_the_embedded_default_works_and_stops_on_ctrl_c(runs, tmp
 def test_billing_run_on_postgresql_and_redis_uses_the_redis_lock_beat(
     runs, redis_client, tmp_path
 ) -> None:
-    """With PostgreSQL and Redis set, it migrates PostgreSQL, beats under the redbeat lock."""
+    """With PostgreSQL and Redis set, it beats under the redbeat lock and stops on SIGTERM."""
     database = f"{TEST_DATABASE}_run"
     create_database(ADMIN_DATABASE_URL, database)
     try:
@@ -190,8 +199,27 @@ def test_billing_run_on_postgresql_and_redis_uses_the_redis_lock_beat(
             what="beat sends the period close",
         )
 
-        assert_stops_cleanly(run)
+        assert_stops_cleanly(run, how="sigterm")
         # A clean stop hands the lock back at once rather than waiting for it to expire.
         assert not redis_client.exists(f"{prefix}redbeat:lock")
     finally:
         drop_database(ADMIN_DATABASE_URL, database)
+
+
+def test_billing_run_stops_everything_and_fails_when_its_worker_dies(runs, tmp_path) -> None:
+    """If the worker dies, beat is stopped too and billing run exits non-zero, not half-alive."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
+    env["BILLING_DATA_DIR"] = str(tmp_path / "data")
+    run = BillingRun(env, tmp_path / "run.log")
+    runs.append(run)
+    run.wait_until_ready()
+    children = run.process_children()
+    # [python, -m, celery, -A, worker, <worker|beat>, ...]
+    worker = next(p for p in children if p.cmdline()[5] == "worker")
+
+    os.killpg(worker.pid, signal.SIGKILL)
+
+    assert run.process.wait(timeout=60) == 1
+    assert "worker exited with code" in run.log()
+    _gone, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive
