@@ -54,11 +54,14 @@ def read_jsonl(stream: IO[str]) -> Iterator[Line]:
         if not text.strip():
             continue
         try:
-            value = json.loads(text)
-        except json.JSONDecodeError as error:
-            yield Line(number, error=f"not valid JSON ({error.msg} at column {error.colno})")
-        except ValueError as error:
-            yield Line(number, error=f"not valid JSON ({error})")
+            value = json.loads(text.rstrip("\r\n"))
+        except ValueError as error:  # JSONDecodeError, or an integer too long to read
+            where = (
+                f"{error.msg} at column {error.colno}"
+                if isinstance(error, json.JSONDecodeError)
+                else str(error)
+            )
+            yield Line(number, error=f"not valid JSON ({where})")
             continue
         if not isinstance(value, dict):
             yield Line(number, error=f"not a JSON object (got {type(value).__name__})")
