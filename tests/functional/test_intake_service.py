@@ -23,7 +23,14 @@ NOW = dt.datetime(2026, 3, 19, 3, 30, tzinfo=dt.UTC)  # still March 18 in New Yo
 
 
 @pytest.fixture
-def session(db_session):  # type: ignore[no-untyped-def]
+def empty_session(clean_db, db_session):  # type: ignore[no-untyped-def]
+    """A rolled-back session on empty tables (other tests commit rows and leave them)."""
+    return db_session
+
+
+@pytest.fixture
+def session(empty_session):  # type: ignore[no-untyped-def]
+    db_session = empty_session
     load_catalog(db_session, parse_catalog(EXAMPLE.read_text()))
     return db_session
 
@@ -226,7 +233,7 @@ def _snapshot(session) -> list[tuple]:  # type: ignore[no-untyped-def]
     return rows
 
 
-def test_loading_the_same_catalog_twice_changes_nothing(db_session) -> None:
+def test_loading_the_same_catalog_twice_changes_nothing(clean_db, db_session) -> None:
     """A second load reports nothing created or updated and leaves every row as it was."""
     catalog = parse_catalog(EXAMPLE.read_text())
     first = load_catalog(db_session, catalog)
@@ -244,7 +251,7 @@ def test_loading_the_same_catalog_twice_changes_nothing(db_session) -> None:
     assert _snapshot(db_session) == before
 
 
-def test_a_changed_entry_is_updated_by_name(db_session) -> None:
+def test_a_changed_entry_is_updated_by_name(clean_db, db_session) -> None:
     """Loading an edited file updates only the entry that changed."""
     load_catalog(db_session, parse_catalog(EXAMPLE.read_text()))
     edited = EXAMPLE.read_text().replace('tax_rate: "0.20"', 'tax_rate: "0.21"')

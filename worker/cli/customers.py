@@ -331,7 +331,7 @@ def list_command(as_json: bool, reseller: str | None) -> None:
     with unit_of_work() as session:
         rows = [customer_json(r) for r in _customer_rows(session, reseller=reseller)]
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
         return
     if not rows:
         click.echo("no customers")
@@ -368,11 +368,11 @@ def show_command(name: str, as_json: bool) -> None:
         sys.exit(1)
     customer = rows[0]
     if as_json:
-        click.echo(json.dumps(customer, indent=2))
+        click.echo(json.dumps(customer, indent=2, ensure_ascii=False))
         return
     width = max(len(k) for k in customer)
     for key, value in customer.items():
-        shown = json.dumps(value) if isinstance(value, dict) else value
+        shown = json.dumps(value, ensure_ascii=False) if isinstance(value, dict) else value
         click.echo(f"{key.ljust(width)}  {'' if shown is None else shown}")
 
 
