@@ -240,6 +240,32 @@ def test_skipped_day_makes_no_empty_period() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("tz", "skipped", "expected"),
+    [
+        ("Pacific/Apia", D(2011, 12, 30), (ts(2011, 12, 30, 10), ts(2011, 12, 31, 10))),
+        ("Pacific/Kwajalein", D(1993, 8, 21), (ts(1993, 8, 21, 12), ts(1993, 8, 22, 12))),
+        ("Pacific/Kiritimati", D(1994, 12, 31), (ts(1994, 12, 31, 10), ts(1995, 1, 1, 10))),
+    ],
+)
+def test_daily_customer_created_on_a_skipped_day_gets_a_full_day(
+    tz: str, skipped: dt.date, expected: tuple[int, int]
+) -> None:
+    """Created on a date the zone never had, the first daily period is the next real day."""
+    period = first_period("daily", skipped, tz)
+    assert span(period) == (utc(expected[0]), utc(expected[1]))
+    assert period.start.date() == skipped + dt.timedelta(days=1)
+
+
+def test_instant_showing_the_day_before_created_is_in_the_first_period() -> None:
+    """In St John's, 03:00Z on 2010-11-07 reads Nov 6 yet falls in a period created Nov 7."""
+    tz, created = "America/St_Johns", D(2010, 11, 7)
+    at = dt.datetime(2010, 11, 7, 3, 0, tzinfo=dt.UTC)
+    assert at.astimezone(pendulum.timezone(tz)).date() == created - dt.timedelta(days=1)
+    period = period_containing("monthly", created, tz, at)
+    assert span(period) == (utc(ts(2010, 11, 7, 2, 30)), utc(ts(2010, 12, 1, 3, 30)))
+
+
 def test_created_on_a_skipped_day_starts_at_the_next_existing_day() -> None:
     """A customer created on Apia's missing 2011-12-30 starts at 2011-12-31 00:00 +14."""
     period = first_period("30_days", D(2011, 12, 30), "Pacific/Apia")
