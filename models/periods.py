@@ -1,7 +1,7 @@
 """Billing periods: pure, clock-free period arithmetic in a customer's billing timezone.
 
-The contract is /work/shared/design/billing-periods.md. Every period is a half-open
-interval ``[start, end)`` whose ends are *day starts*:
+Implements the billing-periods design contract. Every period is a half-open interval
+``[start, end)`` whose ends are *day starts*:
 
     boundary(D) = the earliest instant whose local date, in the billing timezone, is D or later.
 
@@ -50,6 +50,17 @@ __all__ = [
     "period_starting_on",
     "validate_timezone",
 ]
+
+
+_ONE_DAY: Final = _dt.timedelta(days=1)
+_THIRTY_DAYS: Final = _dt.timedelta(days=30)
+_ONE_SECOND: Final = _dt.timedelta(seconds=1)
+_ONE_US: Final = _dt.timedelta(microseconds=1)
+_US_PER_SECOND: Final = 1_000_000
+_MIDNIGHT: Final = _dt.time(0)
+_EPOCH_ORDINAL: Final = _dt.date(1970, 1, 1).toordinal()
+_SECONDS_PER_DAY: Final = 86_400
+_EPOCH_UTC: Final = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
 
 
 class BillingPeriod(StrEnum):
@@ -316,16 +327,6 @@ def period_start_date_containing(
 # --------------------------------------------------------------------------------------------
 # Day starts: the only timezone-aware step
 
-_ONE_DAY: Final = _dt.timedelta(days=1)
-_THIRTY_DAYS: Final = _dt.timedelta(days=30)
-_ONE_SECOND: Final = _dt.timedelta(seconds=1)
-_ONE_US: Final = _dt.timedelta(microseconds=1)
-_US_PER_SECOND: Final = 1_000_000
-_MIDNIGHT: Final = _dt.time(0)
-_EPOCH_ORDINAL: Final = _dt.date(1970, 1, 1).toordinal()
-_SECONDS_PER_DAY: Final = 86_400
-_EPOCH_UTC: Final = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
-
 
 @functools.cache
 def _zone(tz: str) -> pendulum.Timezone:
@@ -346,11 +347,12 @@ def _day_start_ts(d: _dt.date, tz: str) -> int:
     local midnight: fold=0 uses the offset in force before a transition and fold=1 the one
     after. If midnight exists (once or twice) the earlier offset gives its first occurrence.
     If midnight is skipped, the day starts at the transition itself, found by bisecting the
-    UTC interval between the two readings of midnight. pendulum's own local-to-UTC step is
-    deliberately not used: it defaults to fold=1 and moves skipped times forward by the gap,
-    which gives the second midnight, or 01:00 where a 23:30->00:30 gap means 00:30.
-    (Checked against a transition-by-transition oracle on every zone of the installed tz
-    database, 1800-2100; the unit tests re-check it against an independent oracle.)
+    UTC interval between the two readings of midnight (fold=0 alone would say 01:00 where a
+    23:30->00:30 gap means the day starts at 00:30). pendulum's local-to-UTC step is not
+    used: it defaults to fold=1, so it returns the second of two midnights (Havana
+    2024-11-03), and its start_of("day") can land on the previous day (Santiago 2024-09-08).
+    Checked against a transition-by-transition reference around every offset change of
+    every installed zone from 1800 to 2100; the unit tests re-check it with their own oracle.
     """
     zone = _zone(tz)
     midnight = _dt.datetime.combine(d, _MIDNIGHT, tzinfo=zone)
