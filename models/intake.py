@@ -63,11 +63,9 @@ import datetime as dt
 import json
 import re
 import unicodedata
-import zoneinfo
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from functools import cache
 from typing import Annotated, Any, Final
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, TypeAdapter, ValidationError
@@ -75,6 +73,13 @@ from pydantic_core import PydanticCustomError
 
 from models.customer import BalanceControl
 from models.money import MAX_AMOUNT, decimal_places, is_currency, minor_units
+from models.periods import (
+    BillingPeriod,
+    InvalidTimezone,
+    UnknownBillingPeriod,
+    parse_rule,
+    validate_timezone,
+)
 
 MAX_PAYLOAD_BYTES: Final = 16 * 1024
 MAX_NAME_LENGTH: Final = 100
@@ -87,14 +92,7 @@ EARLIEST_CREATED_AT: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 CUSTOM_FIELD_TYPES: Final = ("string", "integer", "decimal", "boolean", "date", "email")
 
-BILLING_PERIODS: Final = (
-    "daily",
-    "weekly",
-    "semimonthly",
-    "monthly",
-    "monthly_anniversary",
-    "30_days",
-)
+BILLING_PERIODS: Final = tuple(rule.value for rule in BillingPeriod)
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,38 +165,26 @@ def _check_idempotency_key(raw: str) -> str:
 # --------------------------------------------------------------------------------------------
 # Billing rule, timezone, balance control, currency
 
-# Host artefacts that zoneinfo lists but that are not IANA zone names (the same rule as the
-# period engine's `validate_timezone`).
-_NOT_IANA_NAMES: Final = frozenset({"localtime", "posixrules"})
-
-
-@cache
-def _timezone_names() -> frozenset[str]:
-    return frozenset(zoneinfo.available_timezones()) - _NOT_IANA_NAMES
-
-
-def is_timezone(name: str) -> bool:
-    """True if `name` is an exact IANA zone name (case-sensitive, no surrounding spaces)."""
-    return name in _timezone_names()
-
 
 def _check_timezone(raw: str) -> str:
-    if not is_timezone(raw):
+    try:
+        return validate_timezone(raw)
+    except InvalidTimezone:
         raise _fail(
             "unknown_timezone",
             f"{raw!r} is not an IANA timezone name; use one such as 'America/New_York' "
             "or 'Europe/Madrid' (exact spelling, case-sensitive)",
-        )
-    return raw
+        ) from None
 
 
 def _check_billing_period(raw: str) -> str:
-    if raw not in BILLING_PERIODS:
+    try:
+        return parse_rule(raw).value
+    except UnknownBillingPeriod:
         raise _fail(
             "unknown_billing_period",
             f"{raw!r} is not a billing period; use one of {', '.join(BILLING_PERIODS)}",
-        )
-    return raw
+        ) from None
 
 
 def _check_balance_control(raw: str) -> BalanceControl:
