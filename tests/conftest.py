@@ -47,8 +47,12 @@ def database_url() -> Iterator[str]:
         upgrade(url)
         yield url
     finally:
-        from worker.db import reset_engine
+        from worker.db import engine, reset_engine
 
+        # reset_engine() keeps pooled connections open (right after a fork); here they must
+        # be closed, or their garbage collection warns (and warnings are errors).
+        if engine.cache_info().currsize:
+            engine().dispose()
         reset_engine()
         drop_database(ADMIN_DATABASE_URL, TEST_DATABASE)
 
