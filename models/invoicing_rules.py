@@ -29,6 +29,7 @@ import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import lru_cache
 
 from babel.dates import format_date
 from babel.numbers import format_currency, format_percent
@@ -143,6 +144,7 @@ def covered_dates(start_date: dt.date, end_date: dt.date) -> tuple[dt.date, dt.d
     return start_date, end_date - dt.timedelta(days=1)
 
 
+@lru_cache(maxsize=4096)  # the same few periods recur across a whole batch
 def covered_dates_text(first: dt.date, last: dt.date, locale: str = DEFAULT_LOCALE) -> str:
     """The inclusive local dates as the customer reads them: "March 19 - April 18, 2026"."""
     if first == last:
@@ -166,5 +168,6 @@ def format_rate(rate: Decimal, locale: str = DEFAULT_LOCALE) -> str:
     return str(format_percent(rate, "#,##0.####%", locale=locale))
 
 
+@lru_cache(maxsize=4096)
 def format_long_date(day: dt.date, locale: str = DEFAULT_LOCALE) -> str:
     return str(format_date(day, "long", locale=locale))
