@@ -98,6 +98,23 @@ def close_period(
     return period
 
 
+def close_engine_period(session: Session, customer: Customer, period: Any) -> ClosedPeriod:
+    """A closed period from the period engine's `Period` (aware start/end in the zone)."""
+    row = ClosedPeriod(
+        customer_id=customer.id,
+        period_start=period.start.astimezone(dt.UTC),
+        period_end=period.end.astimezone(dt.UTC),
+        start_date=period.start.date(),
+        end_date=period.end.date(),
+        billing_period=customer.billing_period,
+        billing_timezone=customer.billing_timezone,
+        closed_at=period.end.astimezone(dt.UTC),
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
 def charge_payload(
     customer: Customer | str,
     amount: str,

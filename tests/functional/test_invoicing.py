@@ -17,6 +17,7 @@ from models.invoicing_rules import format_long_date, local_date
 from tests.invoicing_factories import (
     billing_customer,
     charge_payload,
+    close_engine_period,
     close_period,
     local_midnight,
 )
@@ -36,20 +37,32 @@ def _record(payload):
 
 
 def test_a_charge_on_each_side_of_a_boundary_lands_on_the_right_invoice(worker, clean_db) -> None:
-    """In New York: a charge at the boundary minus 1 µs is on period 1, one at the boundary on
-    period 2, each invoiced once, and a redelivered batch creates nothing new."""
+    """A monthly-anniversary customer created March 19 in New York, periods from the period
+    engine: a charge at the boundary minus 1 µs is on period 1, one at the boundary on period
+    2, each invoiced once, and a redelivered batch creates nothing new."""
+    from models.periods import first_period, next_period
     from tasks.invoicing import generate_invoices_task
+    from tests.factories import make_customer
 
     tz = "America/New_York"
     with unit_of_work() as session:
-        customer = billing_customer(session, billing_timezone=tz, credit_limit=None)
-        first = close_period(session, customer, MAR19, APR19).id
-        second = close_period(session, customer, APR19, MAY19).id
+        customer = make_customer(
+            session,
+            billing_period="monthly_anniversary",
+            billing_timezone=tz,
+            created_at=dt.datetime(2026, 3, 19, 14, 0, tzinfo=dt.UTC),
+            credit_limit=None,
+        )
+        p1 = first_period("monthly_anniversary", MAR19, tz)
+        p2 = next_period("monthly_anniversary", MAR19, tz, p1)
+        first = close_engine_period(session, customer, p1).id
+        second = close_engine_period(session, customer, p2).id
         session.expunge_all()
-    boundary = local_midnight(APR19, tz)
+    boundary = p1.end
+    assert boundary == local_midnight(APR19, tz)
     _record(charge_payload(customer, "1.25", boundary - dt.timedelta(microseconds=1), "before"))
     _record(charge_payload(customer, "2.50", boundary, "at"))
-    _record(charge_payload(customer, "4.00", local_midnight(MAR19, tz), "first-instant"))
+    _record(charge_payload(customer, "4.00", p1.start, "first-instant"))
 
     summary = generate_invoices_task.delay([first, second]).get(timeout=60)
     rerun = generate_invoices_task.delay([second, first]).get(timeout=60)
@@ -74,6 +87,11 @@ def test_a_charge_on_each_side_of_a_boundary_lands_on_the_right_invoice(worker, 
         assert sorted(v.number for v in invoices.values()) == [1, 2]
         assert all(p.invoiced for p in session.scalars(select(ClosedPeriod)))
         issued = invoices[first]
+        assert (issued.covered_from, issued.covered_to) == (MAR19, dt.date(2026, 4, 18))
+        assert (invoices[second].covered_from, invoices[second].covered_to) == (
+            APR19,
+            dt.date(2026, 5, 18),
+        )
         # issued "now" by the worker: the issue date is that instant's date in New York
         assert issued.issue_date == local_date(issued.issued_at, tz)
         assert issued.due_date == issued.issue_date  # the class has no grace period
