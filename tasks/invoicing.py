@@ -23,6 +23,11 @@ charge waits for its own period's invoice while that period is closed but not ye
 so out-of-order generation (catch-up batches on several workers) never moves a charge to
 the wrong invoice.
 
+Notifications: each issued invoice writes one outbox row per address of the class's
+notification list (unique per invoice and recipient). When BILLING_SMTP_URL is set, the
+`billing.notifications.send` task mails them (at least once) and is queued after every
+batch that issued invoices; without it, the rows wait for whatever mailer reads the outbox.
+
 Tax is computed on the subtotal (see `models.invoicing_rules`). The issue date is the local
 date of `now` in the period's billing timezone; due date = issue date + the class's grace
 period.
@@ -32,12 +37,15 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Sequence
+import smtplib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from email.message import EmailMessage
 from functools import cache
 from itertools import groupby
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import jinja2
 from sqlalchemy import and_, exists, or_, select, update
@@ -64,7 +72,7 @@ from models.invoicing_rules import (
     invoice_totals,
     local_date,
 )
-from tasks.base import BillingTask, is_transient
+from tasks.base import BillingTask, is_transient, send_after_commit
 from tasks.charges import dialect_insert
 from worker.celery_app import app
 from worker.db import unit_of_work
@@ -485,6 +493,109 @@ def generate_invoices(
     return summary
 
 
+Sender = Callable[[EmailMessage], object]
+
+
+def send_notifications(
+    session: Session,
+    send: Sender,
+    *,
+    now: dt.datetime,
+    sender_address: str,
+    limit: int = 100,
+    max_attempts: int = 5,
+) -> dict[str, Any]:
+    """Send up to `limit` pending outbox e-mails with `send`; mark each sent or count the failure.
+
+    Rows are claimed with `FOR UPDATE SKIP LOCKED`, so concurrent mailers share the outbox.
+    Delivery is at least once: a crash between the SMTP hand-off and the commit sends that
+    e-mail again. After `max_attempts` failures a row is `failed` and left for an operator.
+    """
+    rows = session.execute(
+        select(Notification, Invoice.document_html)
+        .join(Invoice, Invoice.id == Notification.invoice_id)
+        .where(Notification.status == "pending")
+        .order_by(Notification.created_at, Notification.id)
+        .limit(limit)
+        .with_for_update(of=Notification, skip_locked=True)
+    ).all()
+    sent = failed = 0
+    for notification, document in rows:
+        message = EmailMessage()
+        message["From"] = sender_address
+        message["To"] = notification.recipient
+        message["Subject"] = notification.subject
+        message.set_content(notification.body_text)
+        if document:
+            message.add_alternative(document, subtype="html")
+        try:
+            send(message)
+        except (smtplib.SMTPException, OSError) as exc:
+            notification.attempts += 1
+            notification.last_error = f"{type(exc).__name__}: {exc}"
+            if notification.attempts >= max_attempts:
+                notification.status = "failed"
+            failed += 1
+        else:
+            notification.attempts += 1
+            notification.status = "sent"
+            notification.sent_at = now
+            sent += 1
+    session.flush()
+    return {"sent": sent, "failed": failed, "claimed": len(rows)}
+
+
+@dataclass(frozen=True)
+class SMTPSettings:
+    """`BILLING_SMTP_URL`: smtp://[user:password@]host[:port][?starttls=1&from=ADDRESS], or
+    smtps://… for implicit TLS."""
+
+    host: str
+    port: int
+    ssl: bool
+    starttls: bool
+    username: str | None
+    password: str | None
+    sender_address: str
+
+    @classmethod
+    def from_url(cls, url: str) -> SMTPSettings:
+        parts = urlsplit(url)
+        if parts.scheme not in {"smtp", "smtps"} or not parts.hostname:
+            raise ValueError(
+                f"BILLING_SMTP_URL must be smtp://host[:port] or smtps://…, got {url!r}"
+            )
+        query = parse_qs(parts.query)
+        return cls(
+            host=parts.hostname,
+            port=parts.port or (465 if parts.scheme == "smtps" else 25),
+            ssl=parts.scheme == "smtps",
+            starttls=query.get("starttls", ["0"])[0].lower() in {"1", "true", "yes"},
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            sender_address=query.get("from", ["billing@localhost"])[0],
+        )
+
+    def sender(self) -> Callable[[EmailMessage], object]:
+        def send(message: EmailMessage) -> object:
+            factory = smtplib.SMTP_SSL if self.ssl else smtplib.SMTP
+            with factory(self.host, self.port, timeout=30) as smtp:
+                if self.starttls:
+                    smtp.starttls()
+                if self.username:
+                    smtp.login(self.username, self.password or "")
+                return smtp.send_message(message)
+
+        return send
+
+
+@cache
+def smtp_settings() -> SMTPSettings | None:
+    """The mailer's settings, read once; None when BILLING_SMTP_URL is not set (no mailer)."""
+    url = os.environ.get("BILLING_SMTP_URL")
+    return SMTPSettings.from_url(url) if url else None
+
+
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -494,4 +605,22 @@ def generate_invoices_task(self: BillingTask, closed_period_ids: list[int]) -> d
     """Issue the invoices of a batch of closed periods (ids); reruns create nothing new."""
     ids = [int(i) for i in closed_period_ids]
     with unit_of_work() as session:
-        return generate_invoices(session, ids, now=_utcnow())
+        summary = generate_invoices(session, ids, now=_utcnow())
+        if summary["issued"] and smtp_settings() is not None:
+            send_after_commit(session, send_notifications_task.s())
+        return summary
+
+
+@app.task(name="billing.notifications.send", base=BillingTask, bind=True)
+def send_notifications_task(self: BillingTask) -> dict[str, Any]:
+    """Send pending invoice e-mails through BILLING_SMTP_URL; requeue itself while some remain."""
+    conf = smtp_settings()
+    if conf is None:
+        return {"status": "disabled", "reason": "BILLING_SMTP_URL is not set"}
+    with unit_of_work() as session:
+        result = send_notifications(
+            session, conf.sender(), now=_utcnow(), sender_address=conf.sender_address
+        )
+        if result["claimed"] and result["sent"] == result["claimed"]:
+            send_after_commit(session, send_notifications_task.s())
+    return {"status": "ok", **result}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,7 @@ def list_invoices(customer: str | None, reseller: str | None, limit: int, as_jso
 def show_invoice(number: int, reseller: str | None, html_path: Path | None, as_json: bool) -> None:
     """Show invoice NUMBER with its lines; --html FILE writes its document."""
     from models import Invoice, InvoiceLine, Reseller
+    from models.invoicing_rules import format_rate
     from models.money import round_money
 
     query = _query().where(Invoice.number == number)
@@ -139,7 +141,7 @@ def show_invoice(number: int, reseller: str | None, html_path: Path | None, as_j
     for line in item["lines"]:
         click.echo(f"  {line['occurred_at'] or '':<32} {line['amount']:>14}  {line['description']}")
     click.echo(f"  subtotal {item['subtotal']} {item['currency']}")
-    click.echo(f"  {item['tax_name']} ({item['tax_rate']}) {item['tax']}")
+    click.echo(f"  {item['tax_name']} ({format_rate(Decimal(item['tax_rate']))}) {item['tax']}")
     click.echo(f"  total {item['total']} {item['currency']}")
     if html_path is not None:
         click.echo(f"document written to {html_path}")
