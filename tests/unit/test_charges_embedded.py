@@ -14,20 +14,11 @@ from tasks.charges import balance_mismatches, record_charge, record_payment
 from tests.invoicing_factories import (
     billing_customer,
     charge_payload,
-    embedded_engine,
     payment_payload,
 )
 
 NOW = dt.datetime(2026, 4, 1, 12, 0, tzinfo=dt.UTC)
 AT = dt.datetime(2026, 3, 25, 9, 30, tzinfo=dt.UTC)
-
-
-@pytest.fixture
-def session(tmp_path):
-    engine = embedded_engine(tmp_path)
-    with Session(engine) as s, s.begin():
-        yield s
-    engine.dispose()
 
 
 def _counts(session: Session) -> tuple[int, int, int]:

@@ -7,7 +7,6 @@ from decimal import Decimal
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
 from models import Charge, ClosedPeriod, Invoice, InvoiceLine, Notification, Reseller
 from tasks.charges import record_charge
@@ -16,20 +15,11 @@ from tests.invoicing_factories import (
     billing_customer,
     charge_payload,
     close_period,
-    embedded_engine,
     local_midnight,
 )
 
 MAR19, APR19, MAY19 = dt.date(2026, 3, 19), dt.date(2026, 4, 19), dt.date(2026, 5, 19)
 NOW = dt.datetime(2026, 4, 19, 0, 5, tzinfo=dt.UTC)
-
-
-@pytest.fixture
-def session(tmp_path):
-    engine = embedded_engine(tmp_path)
-    with Session(engine) as s, s.begin():
-        yield s
-    engine.dispose()
 
 
 def _charge(session, customer, amount, at, key=None, description="Calls"):

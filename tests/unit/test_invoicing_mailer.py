@@ -10,7 +10,6 @@ from decimal import Decimal
 
 import pytest
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from models import Notification
 from tasks.charges import record_charge
@@ -19,7 +18,6 @@ from tests.invoicing_factories import (
     billing_customer,
     charge_payload,
     close_period,
-    embedded_engine,
 )
 
 NOW = dt.datetime(2026, 4, 19, 0, 5, tzinfo=dt.UTC)
@@ -64,14 +62,6 @@ def smtp_server():
     yield server
     server.shutdown()
     server.server_close()
-
-
-@pytest.fixture
-def session(tmp_path):
-    engine = embedded_engine(tmp_path)
-    with Session(engine) as s, s.begin():
-        yield s
-    engine.dispose()
 
 
 def test_the_outbox_is_mailed_with_the_invoice_attached(session, smtp_server) -> None:
