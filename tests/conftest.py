@@ -47,8 +47,12 @@ def database_url() -> Iterator[str]:
         upgrade(url)
         yield url
     finally:
-        from worker.db import reset_engine
+        from worker.db import engine, reset_engine
 
+        # Close this process's pooled connections (reset_engine alone only forgets them,
+        # as it must after a fork, which leaves them to the garbage collector).
+        if engine.cache_info().currsize:
+            engine().dispose()
         reset_engine()
         drop_database(ADMIN_DATABASE_URL, TEST_DATABASE)
 
