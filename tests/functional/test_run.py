@@ -190,7 +190,11 @@ def test_billing_run_on_postgresql_and_redis_uses_the_redis_lock_beat(
         assert "broker      : redis://" in banner
         assert f"redbeat lock {prefix}redbeat:lock" in banner
         assert "data folder" not in banner
-        assert redis_client.exists(f"{prefix}redbeat:lock")
+        wait_for(
+            lambda: redis_client.exists(f"{prefix}redbeat:lock"),
+            timeout=30,
+            what="beat takes the redbeat lock",
+        )
 
         assert ping_through(env, "redis") == {"status": "pong", "payload": "redis"}
         wait_for(
