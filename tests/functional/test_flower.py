@@ -28,6 +28,7 @@ from worker.commands import compose_command, flower_arguments
 pytestmark = pytest.mark.functional
 
 LOGIN = "ops:correct-horse"
+EXAMPLES = REPO_ROOT / "examples"
 
 
 def free_port() -> int:
@@ -141,14 +142,7 @@ def test_flower_shows_the_worker_and_each_task_by_name_with_its_result(
         result.get(timeout=30)
     ids = {result.id for result in sent}
 
-    def all_succeeded() -> dict[str, Any] | None:
-        tasks = flower.api("/api/tasks?taskname=billing.ping")
-        ours = {task_id: task for task_id, task in tasks.items() if task_id in ids}
-        if len(ours) == len(ids) and all(t["state"] == "SUCCESS" for t in ours.values()):
-            return ours
-        return None
-
-    ours = wait_for(all_succeeded, timeout=30, interval=0.5, what="flower shows the tasks")
+    ours = wait_for_flower_tasks(flower, "billing.ping", ids)
     for task in ours.values():
         assert task["name"] == "billing.ping"
         assert task["worker"] == worker.nodename
@@ -162,6 +156,52 @@ def test_flower_shows_the_worker_and_each_task_by_name_with_its_result(
         "invoicing",
         "charges",
     }
+
+
+@pytest.fixture
+def catalog(clean_db, worker):  # type: ignore[no-untyped-def]
+    """The example catalog, committed, with the session worker running."""
+    from models.catalog_file import parse_catalog
+    from tasks.catalog import load_catalog
+    from worker.db import unit_of_work
+
+    with unit_of_work() as session:
+        load_catalog(session, parse_catalog((EXAMPLES / "catalog.yaml").read_text()))
+    return clean_db
+
+
+def wait_for_flower_tasks(flower: Flower, name: str, ids: set[str]) -> dict[str, Any]:
+    """Flower's view of the tasks `ids` of type `name`, once all of them are SUCCESS."""
+
+    def all_succeeded() -> dict[str, Any] | None:
+        tasks = flower.api(f"/api/tasks?taskname={name}")
+        ours = {task_id: task for task_id, task in tasks.items() if task_id in ids}
+        if len(ours) == len(ids) and all(t["state"] == "SUCCESS" for t in ours.values()):
+            return ours
+        return None
+
+    return wait_for(all_succeeded, timeout=30, interval=0.5, what=f"flower shows {name}")
+
+
+def test_flower_shows_customer_intake_with_its_arguments_and_outcome(
+    flower, worker, catalog
+) -> None:
+    """Customers taken in by the real worker appear as billing.customers.create, SUCCESS."""
+    from tasks.intake import create_customer_task
+
+    lines = [
+        json.loads(line) for line in (EXAMPLES / "customers.jsonl").read_text().splitlines()[:2]
+    ]
+    sent = [create_customer_task.delay(line) for line in lines]
+    outcomes = [result.get(timeout=30) for result in sent]
+    assert [outcome["status"] for outcome in outcomes] == ["created", "created"]
+
+    shown = wait_for_flower_tasks(flower, "billing.customers.create", {r.id for r in sent})
+    for result, line in zip(sent, lines, strict=True):
+        task = shown[result.id]
+        assert task["worker"] == worker.nodename
+        assert line["name"] in task["args"]
+        assert "'status': 'created'" in task["result"]
 
 
 def test_flower_metrics_count_the_tasks_sent_and_succeeded(flower, worker) -> None:
