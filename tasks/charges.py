@@ -37,9 +37,9 @@ from models.invoicing_rules import (
     is_blocked,
 )
 from models.money import MoneyError, check_currency, parse_amount, round_money
-from tasks.base import BillingTask
+from tasks.base import BillingTask, utcnow
 from worker.celery_app import app
-from worker.db import unit_of_work
+from worker.db import dialect_insert, unit_of_work
 
 Result = dict[str, Any]
 
@@ -137,13 +137,6 @@ def _customer_errors(customer: Customer | None, data: _Movement) -> list[dict[st
             )
         ]
     return []
-
-
-def dialect_insert(session: Session) -> Any:
-    """The session's dialect's `insert`, which has `on_conflict_do_nothing`."""
-    from sqlalchemy.dialects import postgresql, sqlite
-
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
 def _insert(session: Session, model: type[Charge] | type[Payment], values: dict[str, Any]) -> Any:
@@ -365,16 +358,12 @@ def balance_mismatches(session: Session) -> list[dict[str, Any]]:
     return mismatches
 
 
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
 @app.task(name="billing.charges.record", base=BillingTask, bind=True)
 def record_charge_task(self: BillingTask, payload: dict[str, Any]) -> Result:
     """Record one charge: {customer|customer_id, amount, currency, occurred_at, description,
     idempotency_key}."""
     with unit_of_work() as session:
-        return record_charge(session, payload, now=_utcnow())
+        return record_charge(session, payload, now=utcnow())
 
 
 @app.task(name="billing.payments.record", base=BillingTask, bind=True)
@@ -382,4 +371,4 @@ def record_payment_task(self: BillingTask, payload: dict[str, Any]) -> Result:
     """Record one payment or top-up: {customer|customer_id, amount, currency, received_at,
     description?, idempotency_key}."""
     with unit_of_work() as session:
-        return record_payment(session, payload, now=_utcnow())
+        return record_payment(session, payload, now=utcnow())

@@ -21,6 +21,7 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.config import settings
@@ -84,6 +85,12 @@ def unit_of_work(factory: sessionmaker[Session] | None = None) -> Iterator[Sessi
         callbacks: list[Callable[[], object]] = session.info.pop(_AFTER_COMMIT, [])
         for callback in callbacks:
             callback()
+
+
+def dialect_insert(session: Session) -> Any:
+    """The session's dialect's `insert`: it has ON CONFLICT on PostgreSQL and SQLite alike,
+    which every idempotent write uses (a conflict means "already done")."""
+    return sqlite.insert if session.get_bind().dialect.name == "sqlite" else postgresql.insert
 
 
 def reset_engine() -> None:
