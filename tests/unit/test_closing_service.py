@@ -43,6 +43,7 @@ def sent(monkeypatch) -> Sent:
 def session(request, tmp_path) -> Iterator[Session]:
     """A session on PostgreSQL (the production path) or SQLite (the embedded default)."""
     if request.param == "postgresql":
+        request.getfixturevalue("clean_db")  # the close sees every due customer committed
         yield request.getfixturevalue("db_session")
         return
     engine = make_engine(f"sqlite:///{tmp_path / 'billing.sqlite3'}")
