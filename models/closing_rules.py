@@ -45,13 +45,14 @@ def advance(rule: str, created: dt.date, tz: str, start: dt.datetime, end: dt.da
     current = Period(
         start=pendulum.instance(start).in_timezone(tz), end=pendulum.instance(end).in_timezone(tz)
     )
-    following = next_period(rule, created, tz, current)
-    if following.end <= end:
+    # Compared in UTC: aware times in a repeated hour never compare equal across zones.
+    next_end = _plain_utc(next_period(rule, created, tz, current).end)
+    if next_end <= end.astimezone(dt.UTC):
         raise ValueError(
             f"the period engine did not move past {end.isoformat()} "
             f"for rule {rule!r} in {tz!r} (anchor {created.isoformat()})"
         )
-    return Advance(end_date=_plain_date(current.end), next_end=_plain_utc(following.end))
+    return Advance(end_date=_plain_date(current.end), next_end=next_end)
 
 
 @dataclass
