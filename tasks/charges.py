@@ -1,1 +1,385 @@
-"""Tasks of this module are added by the issue that builds them."""
+"""Charges and payments: every balance change is one ledger row, race-safe and idempotent.
+
+A charge (or a payment) is judged and applied while holding the customer's row lock
+(`SELECT … FOR UPDATE`; SQLite serialises whole transactions instead), so concurrent
+charges for one customer queue behind each other and no update is lost. The balance
+rules (credit limit, available funds, blocking) are in `models.invoicing_rules`.
+
+Idempotency: one charge (payment) per (customer, idempotency key), enforced by a unique
+constraint. A replayed key returns the original outcome and writes nothing; a key reused
+with a different amount or instant is refused (`idempotency_conflict`). A refused charge
+stores nothing, so its key may be sent again later (after a top-up, say).
+
+Refusals are results, never exceptions: `{"status": "refused", "errors": [{field, code,
+message}]}`. Codes: `invalid` / `required` / `unknown_field` (malformed payload),
+`unknown_currency`, `invalid_amount`, `unknown_customer`, `currency_mismatch`,
+`customer_inactive` (charges only), `credit_limit_reached`, `insufficient_funds`,
+`idempotency_conflict`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import ValidationError as PydanticValidationError
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from models import Charge, Customer, CustomerStatus, LedgerEntry, Payment
+from models.invoicing_rules import (
+    BalanceChange,
+    Refusal,
+    apply_charge,
+    apply_payment,
+    is_blocked,
+)
+from models.money import MoneyError, check_currency, parse_amount, round_money
+from tasks.base import BillingTask
+from worker.celery_app import app
+from worker.db import unit_of_work
+
+Result = dict[str, Any]
+
+
+class _Movement(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    customer: str | None = Field(default=None, min_length=1, max_length=100)
+    customer_id: StrictInt | None = None
+    amount: Any  # checked exactly by models.money.parse_amount (no floats)
+    currency: StrictStr
+    idempotency_key: str = Field(min_length=1, max_length=200)
+
+
+class ChargeIn(_Movement):
+    occurred_at: AwareDatetime
+    description: str = Field(min_length=1, max_length=500)
+
+
+class PaymentIn(_Movement):
+    received_at: AwareDatetime
+    description: str = Field(default="", max_length=500)
+
+
+def _error(field: str, code: str, message: str) -> dict[str, str]:
+    return {"field": field, "code": code, "message": message}
+
+
+def refused(*errors: dict[str, str]) -> Result:
+    return {"status": "refused", "errors": list(errors)}
+
+
+_PYDANTIC_CODES = {"missing": "required", "extra_forbidden": "unknown_field"}
+
+
+def _validation_errors(exc: PydanticValidationError) -> list[dict[str, str]]:
+    # The models are flat: the first part of `loc` is the field (the rest names union
+    # members or list items), so errors are reported per top-level field.
+    return [
+        _error(
+            str(e["loc"][0]) if e["loc"] else "payload",
+            _PYDANTIC_CODES.get(e["type"], "invalid"),
+            e["msg"],
+        )
+        for e in exc.errors()
+    ]
+
+
+def _parse(
+    model: type[_Movement], payload: object
+) -> tuple[_Movement, Decimal] | list[dict[str, str]]:
+    """The validated payload and its exact amount, or the list of what is wrong with it."""
+    if not isinstance(payload, dict):
+        return [_error("payload", "invalid", "the payload must be a JSON object")]
+    try:
+        data = model.model_validate(payload)
+    except PydanticValidationError as exc:
+        return _validation_errors(exc)
+    errors = []
+    if (data.customer is None) == (data.customer_id is None):
+        errors.append(_error("customer", "required", "give exactly one of customer, customer_id"))
+    try:
+        currency = check_currency(data.currency)
+    except MoneyError as exc:
+        return [*errors, _error("currency", "unknown_currency", str(exc))]
+    try:
+        amount = parse_amount(data.amount, currency)
+    except MoneyError as exc:
+        return [*errors, _error("amount", "invalid_amount", str(exc))]
+    if amount <= 0:
+        errors.append(_error("amount", "invalid_amount", "the amount must be greater than zero"))
+    return errors or (data, amount)
+
+
+def _lock_customer(session: Session, data: _Movement) -> Customer | None:
+    """The customer row, locked until the transaction ends (concurrent changes queue here)."""
+    query = select(Customer).with_for_update().execution_options(populate_existing=True)
+    if data.customer_id is not None:
+        query = query.where(Customer.id == data.customer_id)
+    else:
+        query = query.where(func.lower(Customer.name) == func.lower(data.customer))
+    return session.scalars(query).one_or_none()
+
+
+def _customer_errors(customer: Customer | None, data: _Movement) -> list[dict[str, str]]:
+    if customer is None:
+        who = data.customer if data.customer is not None else f"id {data.customer_id}"
+        return [_error("customer", "unknown_customer", f"no customer {who!r}")]
+    if data.currency != customer.currency:
+        return [
+            _error(
+                "currency",
+                "currency_mismatch",
+                f"{customer.name!r} is billed in {customer.currency}, not {data.currency}",
+            )
+        ]
+    return []
+
+
+def dialect_insert(session: Session) -> Any:
+    """The session's dialect's `insert`, which has `on_conflict_do_nothing`."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+def _insert(session: Session, model: type[Charge] | type[Payment], values: dict[str, Any]) -> Any:
+    """INSERT … ON CONFLICT (customer, key) DO NOTHING RETURNING id (None on conflict)."""
+    statement = (
+        dialect_insert(session)(model)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["customer_id", "idempotency_key"])
+        .returning(model.id)
+    )
+    return session.execute(statement).scalar_one_or_none()
+
+
+def _apply(
+    session: Session,
+    customer: Customer,
+    change: BalanceChange,
+    *,
+    entry_type: str,
+    now: dt.datetime,
+    charge_id: int | None = None,
+    payment_id: int | None = None,
+) -> None:
+    session.execute(
+        update(Customer)
+        .where(Customer.id == customer.id)
+        .values(balance=change.balance_after, blocked=change.blocked_after)
+    )
+    session.add(
+        LedgerEntry(
+            customer_id=customer.id,
+            entry_type=entry_type,
+            amount=change.delta,
+            balance_after=change.balance_after,
+            charge_id=charge_id,
+            payment_id=payment_id,
+            created_at=now,
+        )
+    )
+    session.flush()
+
+
+def _outcome(
+    kind: str, row_id: int, customer: Customer, amount: Decimal, entry: LedgerEntry | None
+) -> Result:
+    balance_after = entry.balance_after if entry is not None else customer.balance
+    return {
+        "status": "recorded",
+        f"{kind}_id": row_id,
+        "customer": customer.name,
+        "customer_id": customer.id,
+        "amount": str(amount),
+        "currency": customer.currency,
+        "balance": str(round_money(balance_after, customer.currency)),
+        "blocked": is_blocked(customer.balance_control, balance_after, customer.credit_limit),
+        "replayed": entry is not None,
+    }
+
+
+def _replay(
+    session: Session,
+    kind: str,
+    existing: Charge | Payment,
+    customer: Customer,
+    amount: Decimal,
+    at: dt.datetime,
+) -> Result:
+    """The original outcome of an already recorded key, or a conflict if the payload differs."""
+    existing_at = existing.occurred_at if isinstance(existing, Charge) else existing.received_at
+    if existing.amount != amount or existing_at != at:
+        return refused(
+            _error(
+                "idempotency_key",
+                "idempotency_conflict",
+                f"key {existing.idempotency_key!r} was already used for a {kind} of "
+                f"{existing.amount} at {existing_at.isoformat()}",
+            )
+        )
+    column = LedgerEntry.charge_id if kind == "charge" else LedgerEntry.payment_id
+    entry = session.scalars(select(LedgerEntry).where(column == existing.id)).one()
+    return _outcome(kind, existing.id, customer, amount, entry)
+
+
+def record_charge(session: Session, payload: object, *, now: dt.datetime) -> Result:
+    """Record one charge and apply it to the customer's balance, or refuse it (nothing stored)."""
+    parsed = _parse(ChargeIn, payload)
+    if isinstance(parsed, list):
+        return refused(*parsed)
+    data, amount = parsed
+    assert isinstance(data, ChargeIn)
+    customer = _lock_customer(session, data)
+    errors = _customer_errors(customer, data)
+    if errors:
+        return refused(*errors)
+    assert customer is not None
+    existing = session.scalars(
+        select(Charge).where(
+            Charge.customer_id == customer.id, Charge.idempotency_key == data.idempotency_key
+        )
+    ).one_or_none()
+    if existing is not None:
+        return _replay(session, "charge", existing, customer, amount, data.occurred_at)
+    if customer.status != CustomerStatus.ACTIVE:
+        return refused(
+            _error("customer", "customer_inactive", f"{customer.name!r} is {customer.status}")
+        )
+    decision = apply_charge(
+        customer.balance_control, customer.balance, customer.credit_limit, amount
+    )
+    if isinstance(decision, Refusal):
+        return refused(_error("amount", decision.code, decision.message))
+    charge_id = _insert(
+        session,
+        Charge,
+        {
+            "customer_id": customer.id,
+            "amount": amount,
+            "currency": customer.currency,
+            "occurred_at": data.occurred_at,
+            "description": data.description,
+            "idempotency_key": data.idempotency_key,
+            "recorded_at": now,
+        },
+    )
+    if charge_id is None:  # cannot happen under the row lock; the constraint has the last word
+        raise RuntimeError(f"charge key {data.idempotency_key!r} inserted concurrently")
+    _apply(session, customer, decision, entry_type="charge", now=now, charge_id=charge_id)
+    return _outcome("charge", charge_id, customer, amount, None) | {
+        "balance": str(round_money(decision.balance_after, customer.currency)),
+        "blocked": decision.blocked_after,
+    }
+
+
+def record_payment(session: Session, payload: object, *, now: dt.datetime) -> Result:
+    """Record one payment (postpaid) or top-up (prepaid); unblocks when it clears the block."""
+    parsed = _parse(PaymentIn, payload)
+    if isinstance(parsed, list):
+        return refused(*parsed)
+    data, amount = parsed
+    assert isinstance(data, PaymentIn)
+    customer = _lock_customer(session, data)
+    errors = _customer_errors(customer, data)
+    if errors:
+        return refused(*errors)
+    assert customer is not None
+    existing = session.scalars(
+        select(Payment).where(
+            Payment.customer_id == customer.id, Payment.idempotency_key == data.idempotency_key
+        )
+    ).one_or_none()
+    if existing is not None:
+        return _replay(session, "payment", existing, customer, amount, data.received_at)
+    decision = apply_payment(
+        customer.balance_control, customer.balance, customer.credit_limit, amount
+    )
+    if isinstance(decision, Refusal):
+        return refused(_error("amount", decision.code, decision.message))
+    payment_id = _insert(
+        session,
+        Payment,
+        {
+            "customer_id": customer.id,
+            "amount": amount,
+            "currency": customer.currency,
+            "received_at": data.received_at,
+            "description": data.description,
+            "idempotency_key": data.idempotency_key,
+            "recorded_at": now,
+        },
+    )
+    if payment_id is None:
+        raise RuntimeError(f"payment key {data.idempotency_key!r} inserted concurrently")
+    _apply(session, customer, decision, entry_type="payment", now=now, payment_id=payment_id)
+    return _outcome("payment", payment_id, customer, amount, None) | {
+        "balance": str(round_money(decision.balance_after, customer.currency)),
+        "blocked": decision.blocked_after,
+    }
+
+
+def balance_mismatches(session: Session) -> list[dict[str, Any]]:
+    """Customers whose balance differs from their ledger (sum of entries, last balance_after).
+
+    Empty when every balance can be recomputed from the ledger, which is always the case
+    unless something wrote a balance without a ledger row.
+    """
+    last_after = (
+        select(LedgerEntry.balance_after)
+        .where(LedgerEntry.customer_id == Customer.id)
+        .order_by(LedgerEntry.id.desc())
+        .limit(1)
+        .correlate(Customer)
+        .scalar_subquery()
+    )
+    rows = session.execute(
+        select(
+            Customer.id,
+            Customer.name,
+            Customer.balance,
+            func.coalesce(func.sum(LedgerEntry.amount), 0),
+            last_after,
+        )
+        .outerjoin(LedgerEntry, LedgerEntry.customer_id == Customer.id)
+        .group_by(Customer.id, Customer.name, Customer.balance)
+        .order_by(Customer.id)
+    ).all()
+    mismatches = []
+    for customer_id, name, balance, ledger_sum, last in rows:
+        ledger_sum = Decimal(ledger_sum)
+        if balance != ledger_sum or (last is not None and last != balance):
+            mismatches.append(
+                {
+                    "customer_id": customer_id,
+                    "customer": name,
+                    "balance": str(balance),
+                    "ledger_sum": str(ledger_sum),
+                    "last_balance_after": None if last is None else str(last),
+                }
+            )
+    return mismatches
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@app.task(name="billing.charges.record", base=BillingTask, bind=True)
+def record_charge_task(self: BillingTask, payload: dict[str, Any]) -> Result:
+    """Record one charge: {customer|customer_id, amount, currency, occurred_at, description,
+    idempotency_key}."""
+    with unit_of_work() as session:
+        return record_charge(session, payload, now=_utcnow())
+
+
+@app.task(name="billing.payments.record", base=BillingTask, bind=True)
+def record_payment_task(self: BillingTask, payload: dict[str, Any]) -> Result:
+    """Record one payment or top-up: {customer|customer_id, amount, currency, received_at,
+    description?, idempotency_key}."""
+    with unit_of_work() as session:
+        return record_payment(session, payload, now=_utcnow())

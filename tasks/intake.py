@@ -1,1 +1,271 @@
-"""Tasks of this module are added by the issue that builds them."""
+"""Customer intake: validate a customer-creation request and store the customer.
+
+`create_customer(session, payload, now=...)` returns one of
+
+    {"status": "created", "customer_id": 17, "name": "Globex Corp", "first_period": {...}}
+    {"status": "created", ..., "replayed": true}     # a repeated idempotency key
+    {"status": "rejected", "errors": [{"field", "code", "message"}, ...]}
+
+and raises only on infrastructure failures (the task retries those). Rejections store
+nothing, so a corrected request with the same idempotency key can still succeed.
+
+The database decides every race: the customer is inserted with `INSERT … ON CONFLICT DO
+NOTHING RETURNING id`; when no row comes back, the conflicting row is either the same
+idempotency key (the original outcome is returned again) or the same name, ignoring case
+(`uq_customers_name_lower`; rejected as `name_taken`). Two workers racing on one name
+therefore produce exactly one customer.
+
+The customer's first billing period comes from the period engine and is stored as
+`current_period_start/end`, so the closer finds it by its end instant. An imported
+`created_at` far in the past still stores the *first* period: the closer catches up and
+closes every missed period in order.
+
+Prepaid customers get an `opening` ledger entry for their available funds in the same
+transaction (the ledger always sums to the balance); a prepaid customer with zero funds
+starts blocked. Postpaid customers start at balance 0 with their credit limit (none given
+means no limit).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Table, func, literal, null, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from models.billing import LedgerEntry
+from models.catalog import BusinessModel, CustomerClass, Reseller
+from models.customer import BalanceControl, Customer
+from models.intake import (
+    Accepted,
+    CatalogRefs,
+    CustomerIntake,
+    CustomField,
+    IntakeDraft,
+    Problem,
+    Rejected,
+    finish_intake,
+    parse_intake,
+)
+from models.periods import Period, PeriodError, first_period
+from tasks.base import BillingTask
+from worker.celery_app import app
+from worker.db import unit_of_work
+
+# An insert that lost to a conflicting row which then disappeared (deleted concurrently) is
+# simply tried again; more than this many times means something else is wrong.
+_INSERT_ATTEMPTS = 3
+
+
+def _insert(session: Session, table: Any) -> Any:
+    """The dialect's INSERT, which has ON CONFLICT (PostgreSQL and SQLite)."""
+    if session.get_bind().dialect.name == "sqlite":
+        return sqlite.insert(table)
+    return postgresql.insert(table)
+
+
+def _table(model: type[Any]) -> Table:
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+def _catalog_refs(session: Session, draft: IntakeDraft) -> CatalogRefs:
+    """The ids behind the draft's catalog names, in one round trip."""
+    reseller, business_model, customer_class = draft.catalog_names()
+
+    def lookup(column: Any, name_column: Any, name: str | None) -> Any:
+        if name is None:
+            return null()
+        return select(column).where(name_column == name).scalar_subquery()
+
+    row = session.execute(
+        select(
+            lookup(Reseller.id, Reseller.name, reseller),
+            lookup(BusinessModel.id, BusinessModel.name, business_model),
+            lookup(CustomerClass.id, CustomerClass.name, customer_class),
+            lookup(CustomerClass.custom_fields, CustomerClass.name, customer_class),
+        )
+    ).one()
+    reseller_id, business_model_id, class_id, custom_fields = row
+    return CatalogRefs(
+        reseller_id=reseller_id,
+        business_model_id=business_model_id,
+        customer_class_id=class_id,
+        custom_fields=tuple(CustomField.from_json(f) for f in custom_fields or ()),
+    )
+
+
+def _iso(instant: dt.datetime) -> str:
+    return instant.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _utc(instant: dt.datetime) -> dt.datetime:
+    """A plain stdlib UTC datetime (the engine returns pendulum instances)."""
+    return dt.datetime.fromtimestamp(instant.timestamp(), dt.UTC)
+
+
+def period_summary(period: Period) -> dict[str, str]:
+    """A period as JSON: UTC instants and the local dates it covers."""
+    return {
+        "start": _iso(period.start),
+        "end": _iso(period.end),
+        "first_day": period.start.date().isoformat(),
+        "last_day": (period.end.date() - dt.timedelta(days=1)).isoformat(),
+    }
+
+
+def _rejected(problems: list[Problem] | tuple[Problem, ...]) -> dict[str, Any]:
+    return {"status": "rejected", "errors": [p.as_dict() for p in problems]}
+
+
+def _created(
+    customer_id: int, name: str, period: Period, *, replayed: bool = False
+) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "status": "created",
+        "customer_id": customer_id,
+        "name": name,
+        "first_period": period_summary(period),
+    }
+    if replayed:
+        result["replayed"] = True
+    return result
+
+
+def create_customer(
+    session: Session,
+    payload: object,
+    *,
+    now: dt.datetime,
+    delivery_key: str | None = None,
+) -> dict[str, Any]:
+    """Validate `payload` and store the customer with its first billing period.
+
+    `delivery_key` is the idempotency key used when the payload carries none: the task
+    passes its own id, so a message redelivered after its worker died returns the original
+    outcome instead of rejecting the customer's name as taken.
+    """
+    draft = parse_intake(payload, now=now)
+    outcome = finish_intake(draft, _catalog_refs(session, draft) if draft.shaped else None)
+    if isinstance(outcome, Rejected):
+        return _rejected(outcome.problems)
+    return _store(session, outcome, now=now, delivery_key=delivery_key)
+
+
+def _store(
+    session: Session, accepted: Accepted, *, now: dt.datetime, delivery_key: str | None
+) -> dict[str, Any]:
+    intake = accepted.intake
+    created_at = intake.created_at or now
+    created_local_date = created_at.astimezone(ZoneInfo(intake.billing_timezone)).date()
+    try:
+        period = first_period(intake.billing_period, created_local_date, intake.billing_timezone)
+    except PeriodError as error:
+        return _rejected([Problem("created_at", "out_of_range", str(error))])
+    prepaid = intake.balance_control == BalanceControl.PREPAID
+    funds = intake.available_funds or Decimal(0)
+    intake_key = intake.idempotency_key or delivery_key
+    row = {
+        "reseller_id": accepted.reseller_id,
+        "name": intake.name,
+        "business_model_id": accepted.business_model_id,
+        "customer_class_id": accepted.customer_class_id,
+        "billing_period": intake.billing_period,
+        "billing_timezone": intake.billing_timezone,
+        "balance_control": intake.balance_control.value,
+        "currency": intake.currency,
+        "credit_limit": None if prepaid else intake.credit_limit,
+        "balance": funds if prepaid else Decimal(0),
+        "blocked": prepaid and funds == 0,
+        "custom_data": intake.custom_data,
+        "created_at": created_at,
+        "created_local_date": created_local_date,
+        "current_period_start": _utc(period.start),
+        "current_period_end": _utc(period.end),
+        "intake_key": intake_key,
+    }
+    customers = _table(Customer)
+    statement = (
+        _insert(session, customers).values(row).on_conflict_do_nothing().returning(customers.c.id)
+    )
+    for _ in range(_INSERT_ATTEMPTS):
+        customer_id = session.execute(statement).scalar_one_or_none()
+        if customer_id is not None:
+            break
+        conflict = _conflict_outcome(session, intake, intake_key)
+        if conflict is not None:
+            return conflict
+    else:
+        raise RuntimeError(f"customer {intake.name!r} neither inserted nor found conflicting")
+    if prepaid:
+        session.execute(
+            _insert(session, _table(LedgerEntry)).values(
+                customer_id=customer_id,
+                entry_type="opening",
+                amount=funds,
+                balance_after=funds,
+                created_at=created_at,
+            )
+        )
+    return _created(customer_id, intake.name, period)
+
+
+def _conflict_outcome(
+    session: Session, intake: CustomerIntake, intake_key: str | None
+) -> dict[str, Any] | None:
+    """Why the insert did nothing: a replayed key, a taken name, or (None) nothing any more."""
+    same_name = func.lower(Customer.name) == func.lower(literal(intake.name))
+    matches = or_(same_name, Customer.intake_key == intake_key) if intake_key else same_name
+    rows = session.execute(
+        select(
+            Customer.id,
+            Customer.name,
+            Customer.intake_key,
+            Customer.billing_period,
+            Customer.billing_timezone,
+            Customer.created_local_date,
+            same_name.label("same_name"),
+        ).where(matches)
+    ).all()
+    for row in rows:
+        if intake_key is not None and row.intake_key == intake_key:
+            if not row.same_name:
+                return _rejected(
+                    [
+                        Problem(
+                            "idempotency_key",
+                            "idempotency_key_reused",
+                            f"this idempotency key already created customer {row.name!r}; "
+                            "use a new key for a different customer",
+                        )
+                    ]
+                )
+            period = first_period(row.billing_period, row.created_local_date, row.billing_timezone)
+            return _created(row.id, row.name, period, replayed=True)
+    for row in rows:
+        if row.same_name:
+            return _rejected(
+                [
+                    Problem(
+                        "name",
+                        "name_taken",
+                        f"a customer named {row.name!r} already exists "
+                        "(names are unique, ignoring case)",
+                    )
+                ]
+            )
+    return None
+
+
+@app.task(name="billing.customers.create", base=BillingTask, bind=True)
+def create_customer_task(self: BillingTask, payload: Any) -> dict[str, Any]:
+    """Create one customer from a JSON object; returns the created/rejected outcome."""
+    now = dt.datetime.now(dt.UTC)
+    with unit_of_work() as session:
+        key = f"task:{self.request.id}" if self.request.id else None
+        return create_customer(session, payload, now=now, delivery_key=key)

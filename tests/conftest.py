@@ -49,9 +49,10 @@ def database_url() -> Iterator[str]:
     finally:
         from worker.db import engine, reset_engine
 
-        # Close this process's pooled connections (reset_engine leaves them open, as is
-        # right after a fork); left to the garbage collector they warn, and warnings fail.
-        engine().dispose()
+        # Close this process's pooled connections (reset_engine alone only forgets them,
+        # as it must after a fork, which leaves them to the garbage collector).
+        if engine.cache_info().currsize:
+            engine().dispose()
         reset_engine()
         drop_database(ADMIN_DATABASE_URL, TEST_DATABASE)
 

@@ -1,0 +1,283 @@
+"""The catalog file: resellers, business models and customer classes, as YAML or JSON.
+
+Pure parsing and validation, no I/O: `parse_catalog(text)` returns a `CatalogFile` or raises
+`CatalogFileError` carrying every problem at once, each `{"field", "code", "message"}` with
+`field` a path such as `customer_classes[1].tax_rate`.
+
+    resellers:
+      - name: acme                    # how intake payloads refer to it (unique)
+        display_name: ACME Telecom    # optional
+    business_models:
+      - name: Hosted IP PBX           # unique
+        service_type: voice
+        description: Cloud PBX seats  # optional
+    customer_classes:
+      - name: Business                # unique
+        grace_period_days: 15         # optional, default 0
+        invoice_template: default.html
+        tax_name: VAT                 # optional, default "Tax"
+        tax_rate: "0.20"              # a fraction: 0.20 is 20 %; optional, default 0
+        notification_emails: [billing@acme.example]
+        custom_fields:
+          - {name: tax_code, type: string, mandatory: true}
+
+Each section is optional. `tax_rate` is best written as a string; a plain YAML/JSON number
+is accepted and read as the digits it was written with (0.2 is "0.2", never a binary float).
+Custom field types are `models.intake.CUSTOM_FIELD_TYPES`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from decimal import Decimal
+from typing import Annotated, Any, Final
+
+import yaml
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
+
+from models.intake import (
+    CUSTOM_FIELD_TYPES,
+    CustomField,
+    Problem,
+    has_control_characters,
+    is_email,
+    parse_decimal_text,
+)
+
+MAX_CATALOG_BYTES: Final = 4 * 1024 * 1024
+TAX_RATE_PLACES: Final = 6  # models.base.Rate()
+_TEMPLATE_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\.html", re.ASCII)
+_FIELD_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
+
+
+class CatalogFileError(ValueError):
+    """The catalog file is not valid; `problems` lists every reason."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  {p.field or '(file)'}: {p.message}" for p in problems)
+        super().__init__(f"the catalog is not valid:\n{lines}")
+
+    @property
+    def errors(self) -> list[dict[str, str | None]]:
+        return [p.as_dict() for p in self.problems]
+
+
+def _name(raw: str) -> str:
+    if not raw.strip():
+        raise PydanticCustomError("blank", "must not be empty")
+    if raw != raw.strip():
+        raise PydanticCustomError("untrimmed", "must not start or end with spaces")
+    if has_control_characters(raw):
+        raise PydanticCustomError("control_characters", "must not contain control characters")
+    return raw
+
+
+def _tax_rate(raw: Any) -> Decimal:
+    if isinstance(raw, Decimal):
+        raw = str(raw)
+    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+        raise PydanticCustomError("invalid_type", 'must be a fraction such as "0.20"')
+    # repr() of a float is the shortest text that reads back as it: the digits written.
+    rate = parse_decimal_text(repr(raw) if isinstance(raw, float) else raw)
+    if rate is None:
+        raise PydanticCustomError("invalid_decimal", 'must be a fraction such as "0.20"')
+    if rate < 0 or rate > 1:
+        raise PydanticCustomError("out_of_range", "must be between 0 and 1 (0.20 is 20 %)")
+    if rate != rate.quantize(Decimal(1).scaleb(-TAX_RATE_PLACES)):
+        raise PydanticCustomError(
+            "too_many_decimals", f"must have at most {TAX_RATE_PLACES} decimal places"
+        )
+    return rate
+
+
+def _template(raw: str) -> str:
+    if not _TEMPLATE_NAME.fullmatch(raw) or ".." in raw:
+        raise PydanticCustomError(
+            "invalid_value", "must be a template file name such as 'default.html' (no folders)"
+        )
+    return raw
+
+
+def _email(raw: str) -> str:
+    if not is_email(raw):
+        raise PydanticCustomError("invalid_value", f"{raw!r} is not an e-mail address")
+    return raw
+
+
+def _field_type(raw: str) -> str:
+    if raw not in CUSTOM_FIELD_TYPES:
+        raise PydanticCustomError(
+            "invalid_choice",
+            f"{raw!r} is not a field type; use one of {', '.join(CUSTOM_FIELD_TYPES)}",
+        )
+    return raw
+
+
+def _field_name(raw: str) -> str:
+    if not _FIELD_NAME.fullmatch(raw):
+        raise PydanticCustomError(
+            "invalid_value",
+            "must be an identifier: letters, digits and '_', not starting with a digit",
+        )
+    return raw
+
+
+Name = Annotated[str, Field(max_length=100), AfterValidator(_name)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ResellerSpec(_Strict):
+    name: Name
+    display_name: Annotated[str, Field(max_length=200), AfterValidator(_name)] | None = None
+
+
+class BusinessModelSpec(_Strict):
+    name: Name
+    service_type: Annotated[str, Field(max_length=50), AfterValidator(_name)]
+    description: Annotated[str, Field(max_length=10_000)] = ""
+
+
+class CustomFieldSpec(_Strict):
+    name: Annotated[str, Field(max_length=64), AfterValidator(_field_name)]
+    type: Annotated[str, AfterValidator(_field_type)]
+    mandatory: bool = False
+
+    def as_custom_field(self) -> CustomField:
+        return CustomField(self.name, self.type, self.mandatory)
+
+
+class CustomerClassSpec(_Strict):
+    name: Name
+    grace_period_days: Annotated[int, Field(ge=0, le=3650)] = 0
+    invoice_template: Annotated[str, Field(max_length=100), AfterValidator(_template)] = (
+        "default.html"
+    )
+    tax_name: Annotated[str, Field(max_length=50), AfterValidator(_name)] = "Tax"
+    tax_rate: Annotated[Decimal, BeforeValidator(_tax_rate)] = Decimal(0)
+    notification_emails: Annotated[
+        list[Annotated[str, Field(max_length=320), AfterValidator(_email)]], Field(max_length=50)
+    ] = []
+    custom_fields: Annotated[list[CustomFieldSpec], Field(max_length=100)] = []
+
+    def custom_fields_json(self) -> list[dict[str, Any]]:
+        return [f.as_custom_field().as_json() for f in self.custom_fields]
+
+
+class CatalogFile(_Strict):
+    resellers: list[ResellerSpec] = []
+    business_models: list[BusinessModelSpec] = []
+    customer_classes: list[CustomerClassSpec] = []
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in {"str", "int", "float"} or "[" in part or part.startswith("function-"):
+            continue  # union member labels pydantic adds to the location
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+_CODES: Final = {
+    "missing": "required",
+    "extra_forbidden": "unknown_field",
+    "string_too_long": "too_long",
+    "too_long": "too_long",
+    "greater_than_equal": "out_of_range",
+    "less_than_equal": "out_of_range",
+}
+
+
+def _problems(error: ValidationError) -> list[Problem]:
+    problems: dict[tuple[str, str], Problem] = {}
+    for detail in error.errors(include_url=False):
+        kind = detail["type"]
+        code = _CODES.get(kind, "invalid_type" if kind.endswith("_type") else kind)
+        where = _path(detail["loc"])
+        problems.setdefault((where, code), Problem(where or None, code, detail["msg"]))
+    return list(problems.values())
+
+
+def _duplicates(catalog: CatalogFile) -> list[Problem]:
+    problems = []
+    sections: dict[str, list[Any]] = {
+        "resellers": list(catalog.resellers),
+        "business_models": list(catalog.business_models),
+        "customer_classes": list(catalog.customer_classes),
+    }
+    for section, entries in sections.items():
+        seen: dict[str, int] = {}
+        for i, entry in enumerate(entries):
+            if entry.name in seen:
+                problems.append(
+                    Problem(
+                        f"{section}[{i}].name",
+                        "duplicate",
+                        f"{entry.name!r} is already defined at {section}[{seen[entry.name]}]",
+                    )
+                )
+            seen.setdefault(entry.name, i)
+    for i, cls in enumerate(catalog.customer_classes):
+        fields: set[str] = set()
+        for j, custom in enumerate(cls.custom_fields):
+            if custom.name in fields:
+                problems.append(
+                    Problem(
+                        f"customer_classes[{i}].custom_fields[{j}].name",
+                        "duplicate",
+                        f"custom field {custom.name!r} is defined twice in class {cls.name!r}",
+                    )
+                )
+            fields.add(custom.name)
+    return problems
+
+
+def validate_catalog(data: object) -> CatalogFile:
+    """A `CatalogFile` from decoded YAML/JSON data; CatalogFileError lists every problem."""
+    if not isinstance(data, dict):
+        raise CatalogFileError(
+            [
+                Problem(
+                    None,
+                    "not_an_object",
+                    "the catalog must be a mapping with resellers, business_models "
+                    "and customer_classes",
+                )
+            ]
+        )
+    try:
+        catalog = CatalogFile.model_validate(data)
+    except ValidationError as error:
+        raise CatalogFileError(_problems(error)) from None
+    duplicates = _duplicates(catalog)
+    if duplicates:
+        raise CatalogFileError(duplicates)
+    return catalog
+
+
+def parse_catalog(text: str, *, filename: str = "") -> CatalogFile:
+    """Parse YAML or JSON text (JSON if the name ends in .json, else YAML, which reads both)."""
+    if len(text.encode("utf-8", errors="replace")) > MAX_CATALOG_BYTES:
+        raise CatalogFileError(
+            [Problem(None, "too_large", f"catalog files are at most {MAX_CATALOG_BYTES} bytes")]
+        )
+    try:
+        data = json.loads(text) if filename.endswith(".json") else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as error:
+        raise CatalogFileError(
+            [Problem(None, "syntax_error", f"not valid {_format(filename)}: {error}")]
+        ) from None
+    return validate_catalog(data)
+
+
+def _format(filename: str) -> str:
+    return "JSON" if filename.endswith(".json") else "YAML"

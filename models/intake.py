@@ -1,0 +1,743 @@
+"""Customer intake validation: pure rules, no I/O, every failure reported at once.
+
+An intake payload is one JSON object (see `CustomerIntake` for its keys). Validation runs
+in two steps so that the only database access, looking the catalog names up, happens in
+the service between them:
+
+    draft = parse_intake(payload, now=now)        # shape, types and rules of each key
+    refs = <look up draft.catalog_names() in the database>
+    outcome = finish_intake(draft, refs)          # catalog rules, custom data
+
+`validate_intake(payload, catalog, now=now)` does both against an in-memory `Catalog`.
+The outcome is `Accepted(intake)` or `Rejected(errors)`; nothing here raises on bad input.
+Each error is `{"field": ..., "code": ..., "message": ...}`: `field` names the offending key
+(`custom_data.tax_code` for a custom field, `null` for the payload as a whole), `message` is
+for a person, `code` is for programs and stays stable.
+
+Error codes:
+
+| code | meaning |
+| --- | --- |
+| `not_an_object` | the payload is not a JSON object |
+| `payload_too_large` | the payload is bigger than `MAX_PAYLOAD_BYTES` (or absurdly nested) |
+| `invalid_text` | the payload holds text that is not valid Unicode (lone surrogates) |
+| `unknown_field` | a key that intake does not define |
+| `required` | a required key is missing (or null) |
+| `invalid_type` | the JSON type is wrong (e.g. a number where a string is expected) |
+| `blank` | a text is empty after trimming |
+| `too_long` | a text is longer than allowed |
+| `control_characters` | a text contains control characters or line separators |
+| `name_taken` | another customer already has this name, ignoring case (from the service) |
+| `not_found` | no reseller / business model / customer class has this name |
+| `unknown_billing_period` | not one of the six billing-period rules |
+| `unknown_timezone` | not an exact IANA timezone name |
+| `invalid_choice` | `balance_control` is neither `prepaid` nor `postpaid` |
+| `unknown_currency` | not a billable ISO 4217 currency code |
+| `invalid_decimal` | an amount is not a plain decimal number such as `"12.50"` |
+| `negative` | an amount is below zero |
+| `too_large` | an amount or number is too large to store |
+| `too_many_decimals` | an amount has more decimals than its currency allows |
+| `not_allowed` | `credit_limit` on a prepaid or `available_funds` on a postpaid customer |
+| `missing_custom_field` | a mandatory custom field of the customer class is absent |
+| `unknown_custom_field` | a custom field the customer class does not define |
+| `invalid_value` | a custom field value is not a valid date, e-mail, integer, … |
+| `invalid_datetime` | `created_at` is not an ISO-8601 instant with a UTC offset |
+| `in_future` | `created_at` is later than now |
+| `out_of_range` | `created_at` is before `EARLIEST_CREATED_AT` |
+| `idempotency_key_reused` | the key was used for a customer with another name (service) |
+
+Money rules: `credit_limit` (postpaid only; absent means no limit) and `available_funds`
+(prepaid only; absent means zero, and a prepaid customer with zero funds starts blocked)
+are non-negative decimal strings (or JSON integers), never floats.
+
+Custom data: each value must have its field's type. A value may be given as its JSON type or,
+since CSV carries only text, as its canonical text form: integers `42` or `"42"`, booleans
+`true` or `"true"`/`"false"`, decimals `"12.50"` or `12`, dates `"2026-03-19"`, e-mails
+`"ops@example.com"`. Stored values are normalised (integers and booleans as JSON types,
+decimals, dates and e-mails as text).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import unicodedata
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any, Final
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic_core import PydanticCustomError
+
+from models.customer import BalanceControl
+from models.money import MAX_AMOUNT, decimal_places, is_currency, minor_units
+from models.periods import (
+    BillingPeriod,
+    InvalidTimezone,
+    UnknownBillingPeriod,
+    parse_rule,
+    validate_timezone,
+)
+
+MAX_PAYLOAD_BYTES: Final = 16 * 1024
+MAX_NAME_LENGTH: Final = 100
+MAX_CATALOG_NAME_LENGTH: Final = 100
+MAX_IDEMPOTENCY_KEY_LENGTH: Final = 200
+MAX_CUSTOM_TEXT_LENGTH: Final = 1000
+# Imports of existing customers may not predate this; the period engine and the closer's
+# catch-up are not meant to replay more than half a century of periods.
+EARLIEST_CREATED_AT: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+CUSTOM_FIELD_TYPES: Final = ("string", "integer", "decimal", "boolean", "date", "email")
+
+BILLING_PERIODS: Final = tuple(rule.value for rule in BillingPeriod)
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One validation failure: which key, a stable code, and a message a person can act on."""
+
+    field: str | None
+    code: str
+    message: str
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {"field": self.field, "code": self.code, "message": self.message}
+
+
+def _fail(code: str, message: str) -> PydanticCustomError:
+    return PydanticCustomError(code, message)
+
+
+# --------------------------------------------------------------------------------------------
+# Text rules
+
+# Control characters, lone surrogates and Unicode line/paragraph separators; format
+# characters (Cf) stay allowed: zero-width joiners are part of some scripts and emoji.
+_FORBIDDEN_CATEGORIES: Final = frozenset({"Cc", "Cs", "Zl", "Zp"})
+
+
+def has_control_characters(text: str, *, allow: str = "") -> bool:
+    return any(unicodedata.category(ch) in _FORBIDDEN_CATEGORIES and ch not in allow for ch in text)
+
+
+def _check_customer_name(raw: str) -> str:
+    name = raw.strip()
+    if not name:
+        raise _fail("blank", "name must not be empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise _fail(
+            "too_long", f"name is {len(name)} characters long; at most {MAX_NAME_LENGTH} allowed"
+        )
+    if has_control_characters(name):
+        raise _fail("control_characters", "name must not contain control characters")
+    return name
+
+
+def _check_catalog_name(raw: str) -> str:
+    if not raw.strip():
+        raise _fail("blank", "must name an entry of the catalog")
+    if len(raw) > MAX_CATALOG_NAME_LENGTH:
+        raise _fail("too_long", f"catalog names are at most {MAX_CATALOG_NAME_LENGTH} characters")
+    if has_control_characters(raw):
+        raise _fail("control_characters", "must not contain control characters")
+    return raw
+
+
+def _check_idempotency_key(raw: str) -> str:
+    if not raw.strip():
+        raise _fail("blank", "idempotency_key must not be empty (leave it out instead)")
+    if len(raw) > MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise _fail(
+            "too_long", f"idempotency_key is at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
+        )
+    if has_control_characters(raw):
+        raise _fail("control_characters", "idempotency_key must not contain control characters")
+    return raw
+
+
+# --------------------------------------------------------------------------------------------
+# Billing rule, timezone, balance control, currency
+
+
+def _check_timezone(raw: str) -> str:
+    try:
+        return validate_timezone(raw)
+    except InvalidTimezone:
+        raise _fail(
+            "unknown_timezone",
+            f"{raw!r} is not an IANA timezone name; use one such as 'America/New_York' "
+            "or 'Europe/Madrid' (exact spelling, case-sensitive)",
+        ) from None
+
+
+def _check_billing_period(raw: str) -> str:
+    try:
+        return parse_rule(raw).value
+    except UnknownBillingPeriod:
+        raise _fail(
+            "unknown_billing_period",
+            f"{raw!r} is not a billing period; use one of {', '.join(BILLING_PERIODS)}",
+        ) from None
+
+
+def _check_balance_control(raw: str) -> BalanceControl:
+    try:
+        return BalanceControl(raw)
+    except ValueError:
+        raise _fail("invalid_choice", f"{raw!r} is neither 'prepaid' nor 'postpaid'") from None
+
+
+def _check_currency(raw: str) -> str:
+    if not is_currency(raw):
+        raise _fail(
+            "unknown_currency",
+            f"{raw!r} is not an ISO 4217 currency code; use one such as 'USD' or 'EUR' "
+            "(upper case)",
+        )
+    return raw
+
+
+# --------------------------------------------------------------------------------------------
+# Amounts
+
+_DECIMAL_TEXT: Final = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)", re.ASCII)
+
+
+def parse_decimal_text(raw: str | int) -> Decimal | None:
+    """A plain decimal (`"12.50"`, `"-3"`, `7`) as Decimal; None if it is not one.
+
+    Only ASCII digits and one optional point: no exponents, no thousands separators, no
+    NaN or infinity, so what a person typed is exactly what is stored.
+    """
+    if isinstance(raw, int):
+        return Decimal(raw)
+    text = raw.strip()
+    if len(text) > 64 or not _DECIMAL_TEXT.fullmatch(text):
+        return None
+    try:
+        return Decimal(text)
+    except InvalidOperation:  # pragma: no cover - the pattern admits only valid decimals
+        return None
+
+
+def _check_amount(raw: str | int) -> Decimal:
+    amount = parse_decimal_text(raw)
+    if amount is None:
+        raise _fail(
+            "invalid_decimal",
+            f'{raw!r} is not a decimal amount; write it as a string such as "500.00"',
+        )
+    if amount < 0:
+        raise _fail("negative", f"{raw!r} is negative; amounts must be zero or more")
+    if amount >= MAX_AMOUNT:
+        raise _fail("too_large", f"{raw!r} is too large (at most {MAX_AMOUNT - 1})")
+    return amount + 0  # turns -0 into 0
+
+
+# --------------------------------------------------------------------------------------------
+# created_at
+
+
+def parse_instant(raw: str) -> dt.datetime | None:
+    """An ISO-8601 instant with a UTC offset (or `Z`) as an aware UTC datetime; else None."""
+    text = raw.strip()
+    if len(text) > 64:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if value.tzinfo is None or value.utcoffset() is None:
+        return None
+    try:
+        return value.astimezone(dt.UTC)
+    except OverflowError:
+        return None
+
+
+def _check_created_at(raw: str) -> dt.datetime:
+    value = parse_instant(raw)
+    if value is None:
+        raise _fail(
+            "invalid_datetime",
+            f"{raw!r} is not an ISO-8601 instant with a UTC offset, "
+            "such as '2025-03-19T14:30:00Z' or '2025-03-19T09:30:00-05:00'",
+        )
+    if value < EARLIEST_CREATED_AT:
+        raise _fail(
+            "out_of_range", f"created_at must not be before {EARLIEST_CREATED_AT.isoformat()}"
+        )
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# The payload
+
+
+CustomerName = Annotated[str, AfterValidator(_check_customer_name)]
+CatalogName = Annotated[str, AfterValidator(_check_catalog_name)]
+BillingPeriodName = Annotated[str, AfterValidator(_check_billing_period)]
+TimezoneName = Annotated[str, AfterValidator(_check_timezone)]
+BalanceControlName = Annotated[str, AfterValidator(_check_balance_control)]
+CurrencyCode = Annotated[str, AfterValidator(_check_currency)]
+AmountInput = Annotated[str | int, AfterValidator(_check_amount)]
+IdempotencyKey = Annotated[str, AfterValidator(_check_idempotency_key)]
+InstantInput = Annotated[str, AfterValidator(_check_created_at)]
+CustomDataInput = dict[str, Any]
+
+
+class CustomerIntake(BaseModel):
+    """A validated customer-creation request, ready to store.
+
+    `name` is trimmed; `custom_data` holds normalised values of the class's fields;
+    `created_at` is None when the request did not give one (the service then uses `now`).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    reseller: str
+    name: str
+    business_model: str
+    customer_class: str
+    billing_period: str
+    billing_timezone: str
+    balance_control: BalanceControl
+    currency: str
+    credit_limit: Decimal | None = None
+    available_funds: Decimal | None = None
+    custom_data: dict[str, Any] = {}
+    idempotency_key: str | None = None
+    created_at: dt.datetime | None = None
+
+
+def _strict(kind: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(kind, config=ConfigDict(strict=True))
+
+
+@dataclass(frozen=True)
+class _Key:
+    adapter: TypeAdapter[Any]
+    required: bool
+    expected: str  # for `invalid_type` messages: "a string", …
+
+
+_KEYS: Final[dict[str, _Key]] = {
+    "reseller": _Key(_strict(CatalogName), True, "a string (a reseller's name)"),
+    "name": _Key(_strict(CustomerName), True, "a string"),
+    "business_model": _Key(_strict(CatalogName), True, "a string (a business model's name)"),
+    "customer_class": _Key(_strict(CatalogName), True, "a string (a customer class's name)"),
+    "billing_period": _Key(_strict(BillingPeriodName), True, "a string such as 'monthly'"),
+    "billing_timezone": _Key(_strict(TimezoneName), True, "a string such as 'Europe/Paris'"),
+    "balance_control": _Key(_strict(BalanceControlName), True, "'prepaid' or 'postpaid'"),
+    "currency": _Key(_strict(CurrencyCode), True, "a string such as 'USD'"),
+    "credit_limit": _Key(_strict(AmountInput), False, 'a decimal string such as "500.00"'),
+    "available_funds": _Key(_strict(AmountInput), False, 'a decimal string such as "100.00"'),
+    "custom_data": _Key(_strict(CustomDataInput), False, "an object"),
+    "idempotency_key": _Key(_strict(IdempotencyKey), False, "a string"),
+    "created_at": _Key(_strict(InstantInput), False, "an ISO-8601 instant string"),
+}
+
+ACCEPTED_KEYS: Final = tuple(_KEYS)
+
+
+def _problems_from(name: str, error: ValidationError, expected: str) -> list[Problem]:
+    problems = []
+    for detail in error.errors(include_url=False):
+        kind = detail["type"]
+        if kind.endswith("_type") or kind in {"union_tag_invalid", "is_instance_of"}:
+            problems.append(Problem(name, "invalid_type", f"{name} must be {expected}"))
+        else:
+            problems.append(Problem(name, kind, detail["msg"]))
+    # A union reports one type error per member; one is enough for a person.
+    return list(dict.fromkeys(problems))
+
+
+def _payload_size_problem(payload: Mapping[str, Any]) -> Problem | None:
+    try:
+        encoded = json.dumps(payload, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return Problem(None, "invalid_text", "the payload holds text that is not valid Unicode")
+    except (ValueError, TypeError, RecursionError):
+        # Non-JSON values, NaN/infinity, or integers too long to print: not a payload anyone
+        # should send; reported as too large rather than guessed at.
+        return Problem(
+            None, "payload_too_large", "the payload is not plain JSON of a reasonable size"
+        )
+    if len(encoded) > MAX_PAYLOAD_BYTES:
+        return Problem(
+            None,
+            "payload_too_large",
+            f"the payload is {len(encoded)} bytes; at most {MAX_PAYLOAD_BYTES} are accepted",
+        )
+    return None
+
+
+@dataclass
+class IntakeDraft:
+    """The outcome of the first step: the keys that passed, and every problem so far."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    shaped: bool = True  # False when the payload is not even an object of sensible size
+
+    def catalog_names(self) -> tuple[str | None, str | None, str | None]:
+        """(reseller, business model, customer class) names that need looking up."""
+        return (
+            self.values.get("reseller"),
+            self.values.get("business_model"),
+            self.values.get("customer_class"),
+        )
+
+
+def parse_intake(payload: object, *, now: dt.datetime) -> IntakeDraft:
+    """Check the payload's shape and each key's own rules; never raises on bad input."""
+    draft = IntakeDraft()
+    if not isinstance(payload, dict):
+        draft.shaped = False
+        draft.problems.append(
+            Problem(None, "not_an_object", "the payload must be a JSON object of customer fields")
+        )
+        return draft
+    size_problem = _payload_size_problem(payload)
+    if size_problem is not None:
+        draft.shaped = False
+        draft.problems.append(size_problem)
+        return draft
+
+    for key in payload:
+        if key not in _KEYS:
+            draft.problems.append(
+                Problem(
+                    str(key),
+                    "unknown_field",
+                    f"{key!r} is not an intake field; accepted: {', '.join(ACCEPTED_KEYS)}",
+                )
+            )
+    for name, spec in _KEYS.items():
+        raw = payload.get(name)
+        if raw is None:
+            if spec.required:
+                draft.problems.append(Problem(name, "required", f"{name} is required"))
+            continue
+        try:
+            draft.values[name] = spec.adapter.validate_python(raw)
+        except ValidationError as error:
+            draft.problems.extend(_problems_from(name, error, spec.expected))
+
+    _check_money_rules(draft)
+    created_at = draft.values.get("created_at")
+    if created_at is not None and created_at > now:
+        draft.problems.append(
+            Problem(
+                "created_at",
+                "in_future",
+                f"created_at {created_at.isoformat()} is in the future (now is {now.isoformat()})",
+            )
+        )
+        del draft.values["created_at"]
+    return draft
+
+
+def _check_money_rules(draft: IntakeDraft) -> None:
+    values = draft.values
+    control = values.get("balance_control")
+    wrong_side = {"prepaid": "credit_limit", "postpaid": "available_funds"}.get(control or "")
+    if wrong_side is not None and wrong_side in values:
+        other = "available_funds" if wrong_side == "credit_limit" else "credit_limit"
+        draft.problems.append(
+            Problem(
+                wrong_side,
+                "not_allowed",
+                f"{wrong_side} applies only to {'postpaid' if control == 'prepaid' else 'prepaid'}"
+                f" customers; a {control} customer takes {other}",
+            )
+        )
+        del values[wrong_side]
+    currency = values.get("currency")
+    if currency is None:
+        return
+    places = minor_units(currency)
+    for name in ("credit_limit", "available_funds"):
+        amount = values.get(name)
+        if amount is not None and decimal_places(amount) > places:
+            draft.problems.append(
+                Problem(
+                    name,
+                    "too_many_decimals",
+                    f"{currency} amounts have at most {places} decimal places; got {amount}",
+                )
+            )
+            del values[name]
+
+
+# --------------------------------------------------------------------------------------------
+# Custom fields
+
+
+@dataclass(frozen=True)
+class CustomField:
+    """A field a customer class defines for its customers' custom data."""
+
+    name: str
+    type: str
+    mandatory: bool = False
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> CustomField:
+        return cls(str(raw["name"]), str(raw["type"]), bool(raw.get("mandatory", False)))
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "type": self.type, "mandatory": self.mandatory}
+
+
+_EMAIL: Final = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")
+_INTEGER_TEXT: Final = re.compile(r"[+-]?\d{1,18}", re.ASCII)
+MAX_CUSTOM_INTEGER: Final = 10**18
+
+
+def is_email(text: str) -> bool:
+    """A deliberately plain check: something@domain.tld, no spaces, at most 254 characters."""
+    return len(text) <= 254 and _EMAIL.fullmatch(text) is not None
+
+
+class _BadValue(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _as_string(value: object) -> str:
+    if not isinstance(value, str):
+        raise _BadValue("invalid_type", "must be a string")
+    if len(value) > MAX_CUSTOM_TEXT_LENGTH:
+        raise _BadValue("too_long", f"is at most {MAX_CUSTOM_TEXT_LENGTH} characters")
+    if has_control_characters(value, allow="\t\n\r"):
+        raise _BadValue("control_characters", "must not contain control characters")
+    return value
+
+
+def _as_integer(value: object) -> int:
+    if isinstance(value, bool):
+        raise _BadValue("invalid_type", "must be an integer")
+    if isinstance(value, str):
+        if not _INTEGER_TEXT.fullmatch(value.strip()):
+            raise _BadValue("invalid_value", f"{value!r} is not an integer")
+        value = int(value.strip())
+    if not isinstance(value, int):
+        raise _BadValue("invalid_type", "must be an integer")
+    if abs(value) >= MAX_CUSTOM_INTEGER:
+        raise _BadValue("too_large", f"must be smaller than {MAX_CUSTOM_INTEGER} in magnitude")
+    return value
+
+
+def _as_decimal(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise _BadValue("invalid_type", 'must be a decimal string such as "12.50"')
+    if isinstance(value, int) and abs(value) >= MAX_AMOUNT:
+        raise _BadValue("too_large", f"must be smaller than {MAX_AMOUNT} in magnitude")
+    amount = parse_decimal_text(value)
+    if amount is None:
+        raise _BadValue("invalid_value", f'{value!r} is not a decimal number such as "12.50"')
+    if abs(amount) >= MAX_AMOUNT:
+        raise _BadValue("too_large", f"must be smaller than {MAX_AMOUNT} in magnitude")
+    return str(amount + 0)
+
+
+def _as_boolean(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in {"true", "false"}:
+        return value.strip().lower() == "true"
+    if isinstance(value, str):
+        raise _BadValue("invalid_value", f"{value!r} is not true or false")
+    raise _BadValue("invalid_type", "must be true or false")
+
+
+def _as_date(value: object) -> str:
+    if not isinstance(value, str):
+        raise _BadValue("invalid_type", 'must be a date string such as "2026-03-19"')
+    text = value.strip()
+    try:
+        if len(text) != 10:
+            raise ValueError(text)
+        return dt.date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise _BadValue("invalid_value", f"{value!r} is not a date such as 2026-03-19") from None
+
+
+def _as_email(value: object) -> str:
+    if not isinstance(value, str):
+        raise _BadValue("invalid_type", "must be an e-mail address string")
+    text = value.strip()
+    if not is_email(text):
+        raise _BadValue("invalid_value", f"{value!r} is not an e-mail address")
+    return text
+
+
+_CONVERTERS: Final[dict[str, Callable[[object], object]]] = {
+    "string": _as_string,
+    "integer": _as_integer,
+    "decimal": _as_decimal,
+    "boolean": _as_boolean,
+    "date": _as_date,
+    "email": _as_email,
+}
+
+
+def check_custom_data(
+    data: Mapping[str, Any], fields: Iterable[CustomField], *, class_name: str
+) -> tuple[dict[str, Any], list[Problem]]:
+    """Custom data normalised to the class's field types, and every problem with it."""
+    defined = {f.name: f for f in fields}
+    clean: dict[str, Any] = {}
+    problems: list[Problem] = []
+    for key, value in data.items():
+        where = f"custom_data.{key}"
+        spec = defined.get(key)
+        if spec is None:
+            known = ", ".join(sorted(defined)) or "none"
+            problems.append(
+                Problem(
+                    where,
+                    "unknown_custom_field",
+                    f"customer class {class_name!r} has no custom field {key!r} (it has: {known})",
+                )
+            )
+            continue
+        if value is None:
+            continue  # an explicit null is the same as leaving the field out
+        converter = _CONVERTERS.get(spec.type)
+        if converter is None:  # a class stored before a type was retired: keep as given
+            clean[key] = value
+            continue
+        try:
+            clean[key] = converter(value)
+        except _BadValue as bad:
+            problems.append(Problem(where, bad.code, f"{key} ({spec.type}) {bad.message}"))
+    for spec in defined.values():
+        if spec.mandatory and data.get(spec.name) is None:
+            problems.append(
+                Problem(
+                    f"custom_data.{spec.name}",
+                    "missing_custom_field",
+                    f"customer class {class_name!r} requires custom field {spec.name!r} "
+                    f"({spec.type})",
+                )
+            )
+    return clean, problems
+
+
+# --------------------------------------------------------------------------------------------
+# The catalog step
+
+
+@dataclass(frozen=True)
+class CatalogRefs:
+    """What the database knows about the names in a draft (None: no such entry)."""
+
+    reseller_id: int | None
+    business_model_id: int | None
+    customer_class_id: int | None
+    custom_fields: tuple[CustomField, ...] = ()
+
+
+@dataclass(frozen=True)
+class Accepted:
+    intake: CustomerIntake
+    reseller_id: int
+    business_model_id: int
+    customer_class_id: int
+
+    @property
+    def accepted(self) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class Rejected:
+    problems: tuple[Problem, ...]
+
+    @property
+    def accepted(self) -> bool:
+        return False
+
+    @property
+    def errors(self) -> list[dict[str, str | None]]:
+        return [p.as_dict() for p in self.problems]
+
+
+def finish_intake(draft: IntakeDraft, refs: CatalogRefs | None) -> Accepted | Rejected:
+    """Apply the catalog rules to a draft; `refs` is None only when the draft is shapeless."""
+    problems = list(draft.problems)
+    if not draft.shaped or refs is None:
+        return Rejected(tuple(problems))
+    values = dict(draft.values)
+    reseller, business_model, customer_class = draft.catalog_names()
+    for key, name, found in (
+        ("reseller", reseller, refs.reseller_id),
+        ("business_model", business_model, refs.business_model_id),
+        ("customer_class", customer_class, refs.customer_class_id),
+    ):
+        if name is not None and found is None:
+            label = key.replace("_", " ")
+            problems.append(Problem(key, "not_found", f"there is no {label} named {name!r}"))
+    if customer_class is not None and refs.customer_class_id is not None:
+        clean, custom_problems = check_custom_data(
+            values.get("custom_data", {}), refs.custom_fields, class_name=customer_class
+        )
+        values["custom_data"] = clean
+        problems.extend(custom_problems)
+    if problems:
+        return Rejected(tuple(problems))
+    assert refs.reseller_id is not None
+    assert refs.business_model_id is not None
+    assert refs.customer_class_id is not None
+    if values["balance_control"] == BalanceControl.PREPAID:
+        values.setdefault("available_funds", Decimal(0))
+    return Accepted(
+        intake=CustomerIntake.model_validate(values),
+        reseller_id=refs.reseller_id,
+        business_model_id=refs.business_model_id,
+        customer_class_id=refs.customer_class_id,
+    )
+
+
+@dataclass(frozen=True)
+class CatalogClass:
+    id: int
+    custom_fields: tuple[CustomField, ...] = ()
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """An in-memory catalog: names to ids (and a class's custom fields)."""
+
+    resellers: Mapping[str, int]
+    business_models: Mapping[str, int]
+    customer_classes: Mapping[str, CatalogClass]
+
+    def refs(self, draft: IntakeDraft) -> CatalogRefs:
+        reseller, business_model, customer_class = draft.catalog_names()
+        cls = self.customer_classes.get(customer_class) if customer_class is not None else None
+        return CatalogRefs(
+            reseller_id=self.resellers.get(reseller) if reseller is not None else None,
+            business_model_id=(
+                self.business_models.get(business_model) if business_model is not None else None
+            ),
+            customer_class_id=cls.id if cls is not None else None,
+            custom_fields=cls.custom_fields if cls is not None else (),
+        )
+
+
+def validate_intake(payload: object, catalog: Catalog, *, now: dt.datetime) -> Accepted | Rejected:
+    """Both steps against an in-memory catalog."""
+    draft = parse_intake(payload, now=now)
+    return finish_intake(draft, catalog.refs(draft) if draft.shaped else None)

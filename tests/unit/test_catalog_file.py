@@ -1,0 +1,145 @@
+"""Catalog file parsing (models/catalog_file.py): YAML or JSON, every problem at once."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from models.catalog_file import CatalogFileError, parse_catalog
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "catalog.yaml"
+
+
+def problems(text: str, filename: str = "catalog.yaml") -> list[tuple[str | None, str]]:
+    with pytest.raises(CatalogFileError) as caught:
+        parse_catalog(text, filename=filename)
+    return [(p.field, p.code) for p in caught.value.problems]
+
+
+def test_the_example_catalog_is_valid() -> None:
+    """The shipped example parses: two resellers, two business models, three classes."""
+    catalog = parse_catalog(EXAMPLE.read_text())
+
+    assert [r.name for r in catalog.resellers] == ["acme", "northwind"]
+    assert [b.name for b in catalog.business_models] == ["Hosted IP PBX", "Internet access"]
+    business = catalog.customer_classes[0]
+    assert business.tax_rate == Decimal("0.20")
+    assert business.custom_fields_json()[0] == {
+        "name": "tax_code",
+        "type": "string",
+        "mandatory": True,
+    }
+
+
+def test_json_catalogs_are_read_as_json() -> None:
+    """A .json file is parsed as JSON, with the same rules."""
+    text = json.dumps({"customer_classes": [{"name": "Retail", "tax_rate": "0.08875"}]})
+    catalog = parse_catalog(text, filename="catalog.json")
+
+    assert catalog.customer_classes[0].tax_rate == Decimal("0.08875")
+    assert catalog.customer_classes[0].invoice_template == "default.html"
+
+
+def test_a_plain_number_tax_rate_keeps_the_digits_written() -> None:
+    """tax_rate: 0.1 in YAML is exactly 0.1, not the binary float next to it."""
+    catalog = parse_catalog("customer_classes: [{name: X, tax_rate: 0.1}]")
+
+    assert catalog.customer_classes[0].tax_rate == Decimal("0.1")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[1, 2]", [(None, "not_an_object")]),
+        ("resellers: [", [(None, "syntax_error")]),
+        ("resellers: [{display_name: A}]", [("resellers[0].name", "required")]),
+        ("resellers: [{name: ''}]", [("resellers[0].name", "blank")]),
+        ("resellers: [{name: ' a'}]", [("resellers[0].name", "untrimmed")]),
+        ("resellers: [{name: a, colour: red}]", [("resellers[0].colour", "unknown_field")]),
+        ("resellers: [{name: 5}]", [("resellers[0].name", "invalid_type")]),
+        ("products: []", [("products", "unknown_field")]),
+        ("business_models: [{name: PBX}]", [("business_models[0].service_type", "required")]),
+        (
+            "customer_classes: [{name: X, tax_rate: '1.5'}]",
+            [("customer_classes[0].tax_rate", "out_of_range")],
+        ),
+        (
+            "customer_classes: [{name: X, tax_rate: '-0.1'}]",
+            [("customer_classes[0].tax_rate", "out_of_range")],
+        ),
+        (
+            "customer_classes: [{name: X, tax_rate: '0.1234567'}]",
+            [("customer_classes[0].tax_rate", "too_many_decimals")],
+        ),
+        (
+            "customer_classes: [{name: X, tax_rate: twenty}]",
+            [("customer_classes[0].tax_rate", "invalid_decimal")],
+        ),
+        (
+            "customer_classes: [{name: X, grace_period_days: -1}]",
+            [("customer_classes[0].grace_period_days", "out_of_range")],
+        ),
+        (
+            "customer_classes: [{name: X, invoice_template: ../../etc/passwd}]",
+            [("customer_classes[0].invoice_template", "invalid_value")],
+        ),
+        (
+            "customer_classes: [{name: X, notification_emails: [billing]}]",
+            [("customer_classes[0].notification_emails[0]", "invalid_value")],
+        ),
+        (
+            "customer_classes: [{name: X, custom_fields: [{name: vat, type: money}]}]",
+            [("customer_classes[0].custom_fields[0].type", "invalid_choice")],
+        ),
+        (
+            "customer_classes: [{name: X, custom_fields: [{name: 'tax code', type: string}]}]",
+            [("customer_classes[0].custom_fields[0].name", "invalid_value")],
+        ),
+        (
+            "customer_classes: [{name: X, custom_fields: [{name: a, type: string, mandatory: 2}]}]",
+            [("customer_classes[0].custom_fields[0].mandatory", "invalid_type")],
+        ),
+    ],
+)
+def test_invalid_catalogs_are_rejected_with_the_offending_path(
+    text: str, expected: list[tuple[str | None, str]]
+) -> None:
+    """Each rule of the catalog format reports the path of the entry that breaks it."""
+    assert problems(text) == expected
+
+
+def test_duplicate_names_are_rejected() -> None:
+    """A name may appear once per section, a custom field once per class."""
+    text = """
+resellers: [{name: acme}, {name: acme}]
+customer_classes:
+  - name: X
+    custom_fields: [{name: a, type: string}, {name: a, type: integer}]
+"""
+    assert problems(text) == [
+        ("resellers[1].name", "duplicate"),
+        ("customer_classes[0].custom_fields[1].name", "duplicate"),
+    ]
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    """Several broken entries are all reported in one error."""
+    text = """
+resellers: [{name: ''}]
+business_models: [{name: PBX}]
+customer_classes: [{name: X, tax_rate: '2'}]
+"""
+    assert problems(text) == [
+        ("resellers[0].name", "blank"),
+        ("business_models[0].service_type", "required"),
+        ("customer_classes[0].tax_rate", "out_of_range"),
+    ]
+
+
+def test_an_empty_catalog_is_valid() -> None:
+    """Every section is optional."""
+    catalog = parse_catalog("{}")
+    assert (catalog.resellers, catalog.business_models, catalog.customer_classes) == ([], [], [])

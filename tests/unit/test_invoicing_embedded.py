@@ -1,0 +1,227 @@
+"""Invoice generation on the embedded default database (SQLite): the service end to end."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import func, select
+
+from models import Charge, ClosedPeriod, Invoice, InvoiceLine, Notification, Reseller
+from tasks.charges import record_charge
+from tasks.invoicing import generate_invoices
+from tests.invoicing_factories import (
+    billing_customer,
+    charge_payload,
+    close_period,
+    local_midnight,
+)
+
+MAR19, APR19, MAY19 = dt.date(2026, 3, 19), dt.date(2026, 4, 19), dt.date(2026, 5, 19)
+NOW = dt.datetime(2026, 4, 19, 0, 5, tzinfo=dt.UTC)
+
+
+def _charge(session, customer, amount, at, key=None, description="Calls"):
+    result = record_charge(
+        session,
+        charge_payload(customer, amount, at, key, description=description),
+        now=at,
+    )
+    assert result["status"] == "recorded", result
+    return result
+
+
+def test_a_closed_period_becomes_an_issued_numbered_invoice(session) -> None:
+    """Lines, tax on the subtotal, number 1, dates, document and one notification per address."""
+    customer = billing_customer(
+        session,
+        name="Ada Lovelace",
+        class_fields={
+            "tax_name": "VAT",
+            "tax_rate": Decimal("0.2"),
+            "grace_period_days": 15,
+            "notification_emails": ["billing@acme.test", "ops@acme.test"],
+        },
+    )
+    period = close_period(session, customer, MAR19, APR19)
+    _charge(session, customer, "10.00", dt.datetime(2026, 3, 20, 8, tzinfo=dt.UTC))
+    _charge(session, customer, "2.55", dt.datetime(2026, 4, 18, 23, tzinfo=dt.UTC))
+
+    summary = generate_invoices(session, [period.id], now=NOW)
+
+    assert summary["issued"] == 1
+    invoice = session.scalars(select(Invoice)).one()
+    assert (invoice.number, invoice.status) == (1, "issued")
+    assert (invoice.subtotal, invoice.tax, invoice.total) == (
+        Decimal("12.55"),
+        Decimal("2.51"),
+        Decimal("15.06"),
+    )
+    assert (invoice.covered_from, invoice.covered_to) == (MAR19, dt.date(2026, 4, 18))
+    assert (invoice.issue_date, invoice.due_date) == (APR19, dt.date(2026, 5, 4))
+    assert invoice.issued_at == NOW
+    assert "Ada Lovelace" in invoice.document_html
+    assert "March 19 \u2013 April 18, 2026" in invoice.document_html
+    assert "$15.06" in invoice.document_html
+    assert session.scalar(select(func.count()).select_from(InvoiceLine)) == 2
+    assert session.scalars(select(Charge.invoice_id)).all() == [invoice.id, invoice.id]
+    assert sorted(session.scalars(select(Notification.recipient))) == [
+        "billing@acme.test",
+        "ops@acme.test",
+    ]
+    assert session.get(ClosedPeriod, period.id).invoiced is True
+    assert session.scalar(select(Reseller.last_invoice_number)) == 1
+
+
+def test_a_rerun_creates_nothing_new(session) -> None:
+    """Generating the same batch again reports it already invoiced and writes nothing."""
+    customer = billing_customer(session, class_fields={"notification_emails": ["a@x.test"]})
+    period = close_period(session, customer, MAR19, APR19)
+    _charge(session, customer, "1.00", dt.datetime(2026, 3, 20, tzinfo=dt.UTC))
+    generate_invoices(session, [period.id], now=NOW)
+
+    again = generate_invoices(session, [period.id, period.id], now=NOW)
+
+    assert again["issued"] == 0
+    assert again["already_invoiced"] == [period.id]
+    assert session.scalar(select(func.count()).select_from(Invoice)) == 1
+    assert session.scalar(select(func.count()).select_from(Notification)) == 1
+    assert session.scalar(select(Reseller.last_invoice_number)) == 1
+
+
+def test_a_charge_on_each_side_of_the_boundary_lands_on_its_own_invoice(session) -> None:
+    """A charge one microsecond before the end is on period 1; one at the end is on period 2."""
+    customer = billing_customer(session, billing_timezone="America/New_York")
+    first = close_period(session, customer, MAR19, APR19)
+    second = close_period(session, customer, APR19, MAY19)
+    boundary = local_midnight(APR19, "America/New_York")
+    _charge(session, customer, "1.00", boundary - dt.timedelta(microseconds=1), "before")
+    _charge(session, customer, "2.00", boundary, "at")
+
+    generate_invoices(session, [first.id, second.id], now=NOW)
+
+    totals = dict(session.execute(select(Invoice.closed_period_id, Invoice.subtotal)).all())
+    assert totals == {first.id: Decimal("1.00"), second.id: Decimal("2.00")}
+
+
+def test_generating_a_later_period_first_leaves_the_earlier_periods_charges_alone(
+    session,
+) -> None:
+    """Out-of-order generation (catch-up batches) never moves a charge to the wrong invoice."""
+    customer = billing_customer(session)
+    first = close_period(session, customer, MAR19, APR19)
+    second = close_period(session, customer, APR19, MAY19)
+    _charge(session, customer, "1.00", dt.datetime(2026, 4, 1, tzinfo=dt.UTC))
+    _charge(session, customer, "2.00", dt.datetime(2026, 5, 1, tzinfo=dt.UTC))
+
+    generate_invoices(session, [second.id], now=NOW)
+    generate_invoices(session, [first.id], now=NOW)
+
+    rows = session.execute(select(Invoice.closed_period_id, Invoice.number, Invoice.subtotal))
+    assert sorted(rows) == [(first.id, 2, Decimal("1.00")), (second.id, 1, Decimal("2.00"))]
+
+
+def test_a_late_charge_goes_on_the_next_invoice_with_a_note(session) -> None:
+    """A charge recorded after its period was invoiced lands on the next one, marked late."""
+    customer = billing_customer(session)
+    first = close_period(session, customer, MAR19, APR19)
+    generate_invoices(session, [first.id], now=NOW)
+    _charge(session, customer, "3.00", dt.datetime(2026, 4, 2, 10, tzinfo=dt.UTC), "late")
+    second = close_period(session, customer, APR19, MAY19)
+
+    generate_invoices(session, [second.id], now=NOW)
+
+    invoice = session.scalars(select(Invoice).where(Invoice.closed_period_id == second.id)).one()
+    line = session.scalars(select(InvoiceLine).where(InvoiceLine.invoice_id == invoice.id)).one()
+    assert invoice.subtotal == Decimal("3.00")
+    assert line.description == "Calls (late charge from April 2, 2026)"
+
+
+def test_charges_after_the_period_and_of_other_customers_are_not_taken(session) -> None:
+    """Only this customer's charges before the period end go on its invoice."""
+    customer = billing_customer(session)
+    other = billing_customer(session)
+    period = close_period(session, customer, MAR19, APR19)
+    _charge(session, customer, "1.00", dt.datetime(2026, 4, 19, 0, 0, 1, tzinfo=dt.UTC))
+    _charge(session, other, "5.00", dt.datetime(2026, 3, 25, tzinfo=dt.UTC))
+
+    generate_invoices(session, [period.id], now=NOW)
+
+    invoice = session.scalars(select(Invoice)).one()
+    assert invoice.total == Decimal("0.00")
+    assert "No charges in this period." in invoice.document_html
+    assert session.scalar(select(func.count()).where(Charge.invoice_id.is_not(None))) == 0
+
+
+def test_one_bad_period_does_not_block_the_batch_and_numbers_stay_gapless(session) -> None:
+    """A class with a missing template fails its period only; the others are numbered 1..n."""
+    good = [billing_customer(session) for _ in range(3)]
+    bad = billing_customer(
+        session,
+        customer_class="Broken",
+        class_fields={"invoice_template": "missing.html"},
+    )
+    periods = [close_period(session, c, MAR19, APR19) for c in [*good[:1], bad, *good[1:]]]
+
+    summary = generate_invoices(session, [p.id for p in periods], now=NOW)
+
+    assert summary["issued"] == 3
+    assert [f["closed_period_id"] for f in summary["failed"]] == [periods[1].id]
+    assert "missing.html" in summary["failed"][0]["error"]
+    assert sorted(session.scalars(select(Invoice.number))) == [1, 2, 3]
+    assert session.get(ClosedPeriod, periods[1].id).invoiced is False
+
+
+def test_numbers_run_per_reseller_and_unknown_periods_are_reported(session) -> None:
+    """Each reseller has its own gapless sequence; an id with no closed period is 'missing'."""
+    a = [billing_customer(session, reseller="alpha") for _ in range(2)]
+    b = [billing_customer(session, reseller="beta") for _ in range(3)]
+    periods = [close_period(session, c, MAR19, APR19) for c in [*a, *b]]
+
+    summary = generate_invoices(session, [p.id for p in periods] + [999999], now=NOW)
+
+    assert summary["missing"] == [999999]
+    rows = session.execute(
+        select(Reseller.name, Invoice.number).join(Reseller, Reseller.id == Invoice.reseller_id)
+    ).all()
+    assert sorted(rows) == [("alpha", 1), ("alpha", 2), ("beta", 1), ("beta", 2), ("beta", 3)]
+
+
+@pytest.mark.parametrize(
+    ("currency", "amounts", "rate", "total", "shown"),
+    [
+        ("JPY", ["1000", "235"], "0.08", "1334", "\xa51,334"),
+        ("BHD", ["1.000", "0.235"], "0.1", "1.359", "BHD1.359"),
+    ],
+)
+def test_invoices_in_zero_and_three_decimal_currencies(
+    session, currency, amounts, rate, total, shown
+) -> None:
+    """Totals and the document follow the currency's minor units."""
+    customer = billing_customer(
+        session, currency=currency, class_fields={"tax_rate": Decimal(rate)}
+    )
+    period = close_period(session, customer, MAR19, APR19)
+    for i, amount in enumerate(amounts):
+        _charge(session, customer, amount, dt.datetime(2026, 3, 20 + i, tzinfo=dt.UTC))
+
+    generate_invoices(session, [period.id], now=NOW)
+
+    invoice = session.scalars(select(Invoice)).one()
+    assert invoice.total == Decimal(total)
+    assert shown in invoice.document_html
+
+
+def test_the_document_escapes_customer_supplied_text(session) -> None:
+    """Names and descriptions are text, never markup."""
+    customer = billing_customer(session, name="<script>alert(1)</script> & Co")
+    period = close_period(session, customer, MAR19, APR19)
+    _charge(session, customer, "1.00", dt.datetime(2026, 3, 20, tzinfo=dt.UTC), description="<b>x")
+
+    generate_invoices(session, [period.id], now=NOW)
+
+    html = session.scalars(select(Invoice.document_html)).one()
+    assert "<script>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; Co" in html
+    assert "&lt;b&gt;x" in html

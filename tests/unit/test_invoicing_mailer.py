@@ -1,0 +1,150 @@
+"""The notification outbox mailer, against a real (minimal) SMTP server on a local socket."""
+
+from __future__ import annotations
+
+import datetime as dt
+import email
+import socketserver
+import threading
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import select
+
+from models import Notification
+from tasks.charges import record_charge
+from tasks.invoicing import SMTPSettings, generate_invoices, send_notifications
+from tests.invoicing_factories import (
+    billing_customer,
+    charge_payload,
+    close_period,
+)
+
+NOW = dt.datetime(2026, 4, 19, 0, 5, tzinfo=dt.UTC)
+
+
+class _SMTPHandler(socketserver.StreamRequestHandler):
+    """Just enough SMTP for smtplib: greet, accept one message per DATA, refuse 'bad@'."""
+
+    def _reply(self, line: str) -> None:
+        self.wfile.write(f"{line}\r\n".encode())
+
+    def handle(self) -> None:
+        self._reply("220 test ESMTP")
+        while raw := self.rfile.readline():
+            command = raw.decode().strip()
+            verb = command.split(" ", 1)[0].upper()
+            if verb == "EHLO":
+                self._reply("250 test")
+            elif verb == "RCPT" and "bad@" in command:
+                self._reply("550 no such mailbox")
+            elif verb == "DATA":
+                self._reply("354 go ahead")
+                lines = []
+                while (line := self.rfile.readline()) != b".\r\n":
+                    lines.append(line)
+                self.server.messages.append(b"".join(lines))  # type: ignore[attr-defined]
+                self._reply("250 queued")
+            elif verb == "QUIT":
+                self._reply("221 bye")
+                return
+            else:  # MAIL, RSET, NOOP
+                self._reply("250 ok")
+
+
+@pytest.fixture
+def smtp_server():
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _SMTPHandler)
+    server.daemon_threads = True
+    server.messages = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_outbox_is_mailed_with_the_invoice_attached(session, smtp_server) -> None:
+    """Each recipient gets the text and the HTML invoice; a refused address counts a failure
+    and stays pending until it has failed max_attempts times."""
+    customer = billing_customer(
+        session,
+        name="Grace Hopper",
+        class_fields={"notification_emails": ["ap@hopper.test", "bad@hopper.test"]},
+    )
+    period = close_period(session, customer, dt.date(2026, 3, 19), dt.date(2026, 4, 19))
+    record_charge(
+        session,
+        charge_payload(customer, "7.50", dt.datetime(2026, 3, 20, tzinfo=dt.UTC), "k"),
+        now=NOW,
+    )
+    generate_invoices(session, [period.id], now=NOW)
+    port = smtp_server.server_address[1]
+    conf = SMTPSettings.from_url(f"smtp://127.0.0.1:{port}?from=billing@acme.test")
+
+    first = send_notifications(
+        session, conf.sender(), now=NOW, sender_address=conf.sender_address, max_attempts=2
+    )
+    second = send_notifications(
+        session, conf.sender(), now=NOW, sender_address=conf.sender_address, max_attempts=2
+    )
+
+    assert first == {"sent": 1, "failed": 1, "claimed": 2}
+    assert second == {"sent": 0, "failed": 1, "claimed": 1}
+    rows = {n.recipient: n for n in session.scalars(select(Notification))}
+    assert (rows["ap@hopper.test"].status, rows["ap@hopper.test"].sent_at) == ("sent", NOW)
+    assert (rows["bad@hopper.test"].status, rows["bad@hopper.test"].attempts) == ("failed", 2)
+    assert "550" in rows["bad@hopper.test"].last_error
+    (raw,) = smtp_server.messages
+    message = email.message_from_bytes(raw)
+    assert message["To"] == "ap@hopper.test"
+    assert message["From"] == "billing@acme.test"
+    assert message["Subject"] == "Invoice 1 from Acme"
+    parts = {
+        p.get_content_type(): p.get_payload(decode=True).decode()
+        for p in message.walk()
+        if not p.is_multipart()
+    }
+    assert "$7.50" in parts["text/plain"]
+    assert "Grace Hopper" in parts["text/html"]
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("smtp://mail.test", ("mail.test", 25, False, False, None, "billing@localhost")),
+        (
+            "smtps://u%40x:p%2Fw@mail.test:2465?from=inv@x.test",
+            ("mail.test", 2465, True, False, "u@x", "inv@x.test"),
+        ),
+        (
+            "smtp://mail.test:587?starttls=1",
+            ("mail.test", 587, False, True, None, "billing@localhost"),
+        ),
+    ],
+)
+def test_smtp_urls_are_parsed(url, expected) -> None:
+    """Host, port defaults per scheme, TLS mode, quoted credentials and the sender address."""
+    conf = SMTPSettings.from_url(url)
+
+    assert (conf.host, conf.port, conf.ssl, conf.starttls, conf.username, conf.sender_address) == (
+        expected
+    )
+
+
+def test_a_malformed_smtp_url_is_refused_clearly() -> None:
+    """Anything but smtp:// or smtps:// with a host is a configuration error."""
+    with pytest.raises(ValueError, match="BILLING_SMTP_URL"):
+        SMTPSettings.from_url("http://mail.test")
+
+
+def test_tax_free_invoices_still_notify(session) -> None:
+    """A zero-total invoice is issued and notified like any other."""
+    customer = billing_customer(
+        session, class_fields={"notification_emails": ["x@y.test"], "tax_rate": Decimal(0)}
+    )
+    period = close_period(session, customer, dt.date(2026, 3, 19), dt.date(2026, 4, 19))
+
+    generate_invoices(session, [period.id], now=NOW)
+
+    assert session.scalars(select(Notification.status)).all() == ["pending"]

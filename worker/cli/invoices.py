@@ -1,0 +1,165 @@
+"""`billing invoices …`: read issued invoices, queue their generation."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy import func, select
+
+from worker.db import unit_of_work
+
+
+def _query() -> Any:
+    from models import Customer, Invoice, Reseller
+
+    return (
+        select(Invoice, Customer.name, Reseller.name)
+        .join(Customer, Customer.id == Invoice.customer_id)
+        .join(Reseller, Reseller.id == Invoice.reseller_id)
+    )
+
+
+def _as_dict(invoice: Any, customer: str, reseller: str) -> dict[str, Any]:
+    """An invoice as JSON-safe values; amounts in the currency's minor units."""
+    from models.money import round_money
+
+    def money(value: Any) -> str:
+        return str(round_money(value, invoice.currency))
+
+    return {
+        "number": invoice.number,
+        "reseller": reseller,
+        "customer": customer,
+        "status": invoice.status,
+        "currency": invoice.currency,
+        "subtotal": money(invoice.subtotal),
+        "tax_name": invoice.tax_name,
+        "tax_rate": str(invoice.tax_rate.normalize()),
+        "tax": money(invoice.tax),
+        "total": money(invoice.total),
+        "covered_from": invoice.covered_from.isoformat(),
+        "covered_to": invoice.covered_to.isoformat(),
+        "issue_date": invoice.issue_date and invoice.issue_date.isoformat(),
+        "due_date": invoice.due_date and invoice.due_date.isoformat(),
+        "closed_period_id": invoice.closed_period_id,
+        "invoice_id": invoice.id,
+    }
+
+
+@click.group("invoices")
+def invoices() -> None:
+    """Invoices: one per closed billing period, numbered without gaps per reseller."""
+
+
+@invoices.command("list")
+@click.option("--customer", help="Only this customer's invoices (name, any case).")
+@click.option("--reseller", help="Only this reseller's invoices.")
+@click.option("--limit", default=100, show_default=True, help="At most this many, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def list_invoices(customer: str | None, reseller: str | None, limit: int, as_json: bool) -> None:
+    """List issued invoices, newest first."""
+    from models import Customer, Invoice, Reseller
+
+    query = _query().where(Invoice.status == "issued")
+    if customer:
+        query = query.where(func.lower(Customer.name) == func.lower(customer))
+    if reseller:
+        query = query.where(Reseller.name == reseller)
+    query = query.order_by(Invoice.issued_at.desc(), Invoice.id.desc()).limit(limit)
+    with unit_of_work() as session:
+        items = [_as_dict(*row) for row in session.execute(query)]
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+        return
+    if not items:
+        click.echo("no invoices")
+        return
+    for item in items:
+        click.echo(
+            f"{item['reseller']:<12} {item['number']:>6}  {item['issue_date']}  "
+            f"due {item['due_date']}  {item['customer']:<30} "
+            f"{item['total']:>14} {item['currency']}  "
+            f"({item['covered_from']} .. {item['covered_to']})"
+        )
+
+
+@invoices.command("show")
+@click.argument("number", type=int)
+@click.option("--reseller", help="The reseller whose NUMBER it is (needed if several have it).")
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write the invoice document (HTML) to this file.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def show_invoice(number: int, reseller: str | None, html_path: Path | None, as_json: bool) -> None:
+    """Show invoice NUMBER with its lines; --html FILE writes its document."""
+    from models import Invoice, InvoiceLine, Reseller
+    from models.invoicing_rules import format_rate
+    from models.money import round_money
+
+    query = _query().where(Invoice.number == number)
+    if reseller:
+        query = query.where(Reseller.name == reseller)
+    with unit_of_work() as session:
+        rows = session.execute(query).all()
+        if not rows:
+            raise click.ClickException(f"no invoice number {number}")
+        if len(rows) > 1:
+            names = ", ".join(sorted(r[2] for r in rows))
+            raise click.ClickException(
+                f"several resellers have an invoice {number} ({names}); give --reseller"
+            )
+        invoice, customer_name, reseller_name = rows[0]
+        item = _as_dict(invoice, customer_name, reseller_name)
+        item["lines"] = [
+            {
+                "description": line.description,
+                "amount": str(round_money(line.amount, invoice.currency)),
+                "occurred_at": line.occurred_at and line.occurred_at.isoformat(),
+            }
+            for line in session.scalars(
+                select(InvoiceLine)
+                .where(InvoiceLine.invoice_id == invoice.id)
+                .order_by(InvoiceLine.occurred_at, InvoiceLine.id)
+            )
+        ]
+        document = invoice.document_html
+    if html_path is not None:
+        html_path.write_text(document or "", encoding="utf-8")
+    if as_json:
+        click.echo(json.dumps(item, indent=2))
+        return
+    click.echo(f"Invoice {item['number']} ({item['reseller']}) for {item['customer']}")
+    click.echo(f"  covers {item['covered_from']} .. {item['covered_to']}")
+    click.echo(f"  issued {item['issue_date']}, due {item['due_date']}")
+    for line in item["lines"]:
+        click.echo(f"  {line['occurred_at'] or '':<32} {line['amount']:>14}  {line['description']}")
+    click.echo(f"  subtotal {item['subtotal']} {item['currency']}")
+    click.echo(f"  {item['tax_name']} ({format_rate(Decimal(item['tax_rate']))}) {item['tax']}")
+    click.echo(f"  total {item['total']} {item['currency']}")
+    if html_path is not None:
+        click.echo(f"document written to {html_path}")
+
+
+@invoices.command("generate")
+@click.argument("closed_period_ids", nargs=-1, type=int, required=True)
+@click.option("--wait", is_flag=True, help="Wait for the worker's summary and print it.")
+@click.option("--timeout", default=300.0, show_default=True)
+def generate(closed_period_ids: tuple[int, ...], wait: bool, timeout: float) -> None:
+    """Queue invoice generation for CLOSED_PERIOD_IDS (safe to repeat: nothing is doubled)."""
+    from tasks.invoicing import generate_invoices_task
+
+    result = generate_invoices_task.apply_async(args=[list(closed_period_ids)])
+    if not wait:
+        click.echo(f"queued {result.id}")
+        return
+    click.echo(json.dumps(result.get(timeout=timeout), indent=2))
+
+
+COMMANDS = [invoices]
