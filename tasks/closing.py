@@ -28,11 +28,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Row, Select, or_, select, text, update
+from sqlalchemy import Row, Select, select, text, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from models import ClosedPeriod, Customer, CustomerStatus, Invoice
+from models import ClosedPeriod, Customer, CustomerStatus
 from models.closing_rules import GroupedPeriods
 from tasks.base import BillingTask, send_after_commit
 from worker.celery_app import app
@@ -265,43 +265,38 @@ def reconcile(
 ) -> ReconcileSummary:
     """Queue invoice generation again for closed periods that still have no invoice.
 
-    A closed period whose invoice generation was queued more than `older_than` ago and is
-    still not invoiced (its message was lost, or its worker died), or whose invoice is stuck
-    in `generating` for as long, is queued again and its `invoice_enqueued_at` moved to
-    `now`, so the next run leaves it alone for another `older_than`.
+    A closed period queued more than `older_than` ago and still not invoiced (its message
+    was lost, or the worker generating it died, leaving its invoice in `generating`: a
+    period is marked invoiced only in the transaction that issues its invoice) is queued
+    again and its `invoice_enqueued_at` moved to `now`, so the next run leaves it alone for
+    another `older_than`. The close sets `invoice_enqueued_at` in the transaction that
+    closes the period, so it is never null; the range on it walks the partial index of
+    uninvoiced periods, oldest first, and costs what is stale, not what is stored.
     """
     _require_aware(now)
     invoice_batch = invoice_batch_size or settings().invoice_batch_size
     cutoff = now - older_than
-    stale_enqueue = or_(
-        ClosedPeriod.invoice_enqueued_at.is_(None), ClosedPeriod.invoice_enqueued_at < cutoff
-    )
-    uninvoiced = select(ClosedPeriod.id).where(~ClosedPeriod.invoiced, stale_enqueue)
-    stuck_generating = (
-        select(ClosedPeriod.id)
-        .join(Invoice, Invoice.closed_period_id == ClosedPeriod.id)
-        .where(Invoice.status == "generating", Invoice.created_at < cutoff, stale_enqueue)
-    )
     summary = ReconcileSummary()
-    for candidates in (uninvoiced, stuck_generating):
-        while True:
-            claim = (
-                candidates.order_by(ClosedPeriod.invoice_enqueued_at)
-                .limit(batch_size)
-                .with_for_update(skip_locked=True, of=ClosedPeriod)
-                .scalar_subquery()
-            )
-            ids = session.scalars(
-                update(ClosedPeriod)
-                .where(ClosedPeriod.id.in_(claim))
-                .values(invoice_enqueued_at=now)
-                .returning(ClosedPeriod.id)
-            ).all()
-            if not ids:
-                break
-            summary.requeued += len(ids)
-            summary.invoice_messages += _queue_invoices(session, sorted(ids), invoice_batch)
-            session.commit()
+    while True:
+        stale = (
+            select(ClosedPeriod.id)
+            .where(~ClosedPeriod.invoiced, ClosedPeriod.invoice_enqueued_at < cutoff)
+            .order_by(ClosedPeriod.invoice_enqueued_at)
+            .limit(batch_size)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        ids = session.scalars(
+            update(ClosedPeriod)
+            .where(ClosedPeriod.id.in_(stale))
+            .values(invoice_enqueued_at=now)
+            .returning(ClosedPeriod.id)
+        ).all()
+        if not ids:
+            break
+        summary.requeued += len(ids)
+        summary.invoice_messages += _queue_invoices(session, sorted(ids), invoice_batch)
+        session.commit()
     session.commit()
     return summary
 

@@ -322,10 +322,10 @@ def test_reconcile_requeues_closed_periods_whose_invoice_never_came(session, sen
 
 
 def test_reconcile_requeues_invoices_stuck_in_generating(session, sent) -> None:
-    """An invoice left in `generating` (its worker died) gets its closed period queued again,
-    even if the period is already marked invoiced."""
+    """An invoice left in `generating` (its worker died) leaves its period uninvoiced, so
+    the period is queued again."""
     now = dt.datetime(2026, 2, 1, 12, tzinfo=UTC)
-    stuck = _closed_period(session, enqueued=now - dt.timedelta(hours=2), invoiced=True)
+    stuck = _closed_period(session, enqueued=now - dt.timedelta(hours=2), invoiced=False)
     customer = session.get(Customer, stuck.customer_id)
     assert customer is not None
     session.add(
