@@ -11,7 +11,9 @@ Then, in the same run:
    N rows (same table, same indexes), timed, then emptied again;
 2. the real close (`tasks.closing.close_due`, the code the beat task runs) in a fresh child
    process, which also advances every customer and queues the invoice messages (to Redis,
-   under a scratch key prefix); its peak resident memory is measured there.
+   under a scratch key prefix); its peak resident memory is measured there;
+3. for scale, a bare set-based `UPDATE` advancing the same customers (rolled back): the
+   close must do both writes, so bare INSERT + UPDATE is the floor it is measured against.
 
 It prints closed periods per second for both, their ratio and the close's peak memory.
 The scratch database and Redis keys are removed at the end.
@@ -156,6 +158,26 @@ def bare_insert(engine) -> tuple[int, float]:  # type: ignore[no-untyped-def]
     return rows, elapsed
 
 
+# The other half of the floor: advancing the same customers set-based, in physical order
+# (rolled back; measured after the close so its dead rows cannot slow the close down).
+BARE_UPDATE = """
+UPDATE customers
+SET current_period_start = current_period_end,
+    current_period_end = current_period_end + interval '1 day'
+"""
+
+
+def bare_update(engine) -> float:  # type: ignore[no-untyped-def]
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        started = time.perf_counter()
+        conn.execute(text(BARE_UPDATE))
+        elapsed = time.perf_counter() - started
+        conn.rollback()
+    return elapsed
+
+
 def run_close(as_of: str, batch: int) -> None:
     """Child process: the close itself, as the task runs it; prints figures as JSON."""
     import psutil
@@ -250,6 +272,7 @@ def main() -> None:
                 ),
                 {"now": AS_OF},
             ).one()
+        update_seconds = bare_update(engine)
         engine.dispose()
         queued = _queued_invoice_ids(prefix)
         assert closed == distinct == args.n, (closed, distinct)
@@ -270,6 +293,12 @@ def main() -> None:
             f"{close['invoice_messages']:,} invoice messages)"
         )
         print(f"ratio (close time / bare insert time): {close['seconds'] / bare_seconds:.2f}x")
+        floor = bare_seconds + update_seconds
+        print(
+            f"for scale: bare UPDATE advancing the same {rows:,} customers {update_seconds:.2f}s;"
+            f" bare INSERT + UPDATE {floor:.2f}s = {floor / bare_seconds:.2f}x the insert;"
+            f" close / (INSERT + UPDATE) = {close['seconds'] / floor:.2f}x"
+        )
         print(
             f"peak memory of the closing process: {close['peak_rss_mib']:.0f} MiB "
             f"(of which {close['rss_before_close_mib']:.0f} MiB before the close started)"

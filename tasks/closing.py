@@ -129,7 +129,10 @@ def _claim_due(
         .where(Customer.status == CustomerStatus.ACTIVE.value, Customer.current_period_end <= now)
         .order_by(Customer.current_period_end)
         .limit(batch_size)
-        .with_for_update(skip_locked=True)
+        # FOR NO KEY UPDATE, the lock the UPDATE takes anyway: it keeps other closers off
+        # the batch but, unlike FOR UPDATE, does not block charges and invoices being
+        # inserted for these customers (their foreign keys take KEY SHARE).
+        .with_for_update(skip_locked=True, key_share=True)
     )
 
 
@@ -283,7 +286,7 @@ def reconcile(
             .where(~ClosedPeriod.invoiced, ClosedPeriod.invoice_enqueued_at < cutoff)
             .order_by(ClosedPeriod.invoice_enqueued_at)
             .limit(batch_size)
-            .with_for_update(skip_locked=True)
+            .with_for_update(skip_locked=True, key_share=True)  # see _claim_due
             .scalar_subquery()
         )
         ids = session.scalars(
