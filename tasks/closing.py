@@ -33,7 +33,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from models import ClosedPeriod, Customer, CustomerStatus
-from models.closing_rules import GroupedPeriods
+from models.closing_rules import GroupedPeriods, anchor_key
 from tasks.base import BillingTask, send_after_commit
 from worker.celery_app import app
 from worker.config import settings
@@ -139,19 +139,25 @@ def _claim_due(
 ClosedByGroup = dict[tuple[str, str, dt.date], list[int]]
 
 # One round trip per batch: advance the claimed customers by one period and record the
-# periods they leave (a conflict means another run recorded it). Customers are read once,
-# by primary key, in the UPDATE; its RETURNING hands the period being closed to the INSERT
-# (the new period start is the old end).
+# periods they leave (a conflict means another run recorded it). Per customer only its id
+# and the number of its group travel; what a group shares (the period being closed, its
+# local dates, the next end) is sent once per group and looked up by subscript. Customers
+# are read once, by primary key, in the UPDATE; its RETURNING hands the period being
+# closed to the INSERT (the new period start is the old end).
 _CLOSE_BATCH_POSTGRESQL = text(
     """
     WITH batch AS (
-        SELECT * FROM unnest(
-            CAST(:customer_ids AS bigint[]),
-            CAST(:period_starts AS timestamptz[]),
-            CAST(:start_dates AS date[]),
-            CAST(:end_dates AS date[]),
-            CAST(:next_ends AS timestamptz[])
-        ) AS b(customer_id, period_start, start_date, end_date, next_end)
+        SELECT b.customer_id,
+               g.period_starts[b.n] AS period_start,
+               g.start_dates[b.n] AS start_date,
+               g.end_dates[b.n] AS end_date,
+               g.next_ends[b.n] AS next_end
+        FROM unnest(CAST(:customer_ids AS bigint[]), CAST(:group_numbers AS integer[]))
+                 AS b(customer_id, n),
+             (SELECT CAST(:period_starts AS timestamptz[]) AS period_starts,
+                     CAST(:start_dates AS date[]) AS start_dates,
+                     CAST(:end_dates AS date[]) AS end_dates,
+                     CAST(:next_ends AS timestamptz[]) AS next_ends) AS g
     ), advanced AS (
         UPDATE customers c
         SET current_period_start = c.current_period_end, current_period_end = b.next_end
@@ -189,19 +195,27 @@ _BATCH_PLAN_POSTGRESQL = text(
 def _write_postgresql(
     session: Session, claimed: Sequence[_Claimed], groups: GroupedPeriods, now: dt.datetime
 ) -> ClosedByGroup:
-    customer_ids, period_starts, start_dates, end_dates, next_ends = [], [], [], [], []
+    numbers: dict[tuple[str, str, int, dt.datetime, dt.datetime], int] = {}
+    period_starts, start_dates, end_dates, next_ends = [], [], [], []
+    customer_ids, group_numbers = [], []
     for customer_id, rule, tz, created, start, end in claimed:
-        step = groups.advance(rule, created, tz, start, end)
+        key = (rule, tz, anchor_key(rule, created), start, end)
+        number = numbers.get(key)
+        if number is None:
+            step = groups.advance(rule, created, tz, start, end)
+            period_starts.append(start)
+            start_dates.append(groups.local_date(start, tz))
+            end_dates.append(step.end_date)
+            next_ends.append(step.next_end)
+            number = numbers[key] = len(period_starts)  # SQL arrays count from 1
         customer_ids.append(customer_id)
-        period_starts.append(start)
-        start_dates.append(groups.local_date(start, tz))
-        end_dates.append(step.end_date)
-        next_ends.append(step.next_end)
+        group_numbers.append(number)
     session.execute(_BATCH_PLAN_POSTGRESQL)
     rows = session.execute(
         _CLOSE_BATCH_POSTGRESQL,
         {
             "customer_ids": customer_ids,
+            "group_numbers": group_numbers,
             "period_starts": period_starts,
             "start_dates": start_dates,
             "end_dates": end_dates,
@@ -309,9 +323,13 @@ def _queue_invoices(session: Session, closed_ids: Sequence[int], chunk: int) -> 
     messages = 0
     for offset in range(0, len(closed_ids), chunk):
         ids = list(closed_ids[offset : offset + chunk])
-        send_after_commit(
-            session, app.signature(GENERATE_INVOICES, args=[ids], queue=INVOICING_QUEUE)
+        # A short argsrepr for Flower and the logs; Celery's own repr of hundreds of ids
+        # costs more than sending the message.
+        argsrepr = f"[[{ids[0]}, … {len(ids)} closed periods … {ids[-1]}]]"
+        signature = app.signature(
+            GENERATE_INVOICES, args=[ids], queue=INVOICING_QUEUE, argsrepr=argsrepr
         )
+        send_after_commit(session, signature)
         messages += 1
     return messages
 
