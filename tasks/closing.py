@@ -23,6 +23,7 @@ statement. Only one batch is ever held in memory.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,11 +34,13 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from models import ClosedPeriod, Customer, CustomerStatus
-from models.closing_rules import GroupedPeriods, anchor_key
+from models.closing_rules import Advance, GroupedPeriods
 from tasks.base import BillingTask, send_after_commit
 from worker.celery_app import app
 from worker.config import settings
 from worker.db import unit_of_work
+
+logger = logging.getLogger(__name__)
 
 GENERATE_INVOICES = "billing.invoices.generate"
 INVOICING_QUEUE = "invoicing"
@@ -54,6 +57,7 @@ class CloseSummary:
     batches: int = 0
     invoice_messages: int = 0
     period_computations: int = 0  # distinct groups the period engine was asked about
+    unclosable: int = 0  # customers whose stored period the engine refuses (logged, skipped)
     by_boundary: GroupCounts = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, int]:
@@ -65,6 +69,7 @@ class CloseSummary:
             "batches": self.batches,
             "invoice_messages": self.invoice_messages,
             "period_computations": self.period_computations,
+            "unclosable": self.unclosable,
         }
 
 
@@ -92,21 +97,33 @@ def close_due(
     write = _write_postgresql if session.get_bind().dialect.name == "postgresql" else _write_sqlite
     groups = GroupedPeriods()
     summary = CloseSummary()
+    # A customer whose stored period the engine refuses (data no intake would write) is
+    # logged and left alone for the rest of the run, so it cannot stop everyone else's close.
+    unclosable: set[int] = set()
     while True:
-        claimed = session.execute(_claim_due(now, batch_size)).all()
+        claimed = session.execute(_claim_due(now, batch_size, unclosable)).all()
         if not claimed:
             break
-        closed = write(session, claimed, groups, now)
+        steps = []
+        for row in claimed:
+            customer_id, rule, tz, created, start, end = row
+            try:
+                steps.append((row, groups.advance(rule, created, tz, start, end)))
+            except ValueError as exc:
+                logger.error("customer %s cannot be closed: %s", customer_id, exc)
+                unclosable.add(customer_id)
+        closed = write(session, steps, groups, now) if steps else {}
         closed_ids = sorted(i for ids in closed.values() for i in ids)
         summary.batches += 1
-        summary.advanced += len(claimed)
+        summary.advanced += len(steps)
         summary.closed += len(closed_ids)
-        summary.already_closed += len(claimed) - len(closed_ids)
+        summary.already_closed += len(steps) - len(closed_ids)
         summary.by_boundary.update({key: len(ids) for key, ids in closed.items()})
         summary.invoice_messages += _queue_invoices(session, closed_ids, invoice_batch)
         session.commit()
     session.commit()  # release the (empty) claim transaction
     summary.period_computations = groups.computations
+    summary.unclosable = len(unclosable)
     return summary
 
 
@@ -115,9 +132,9 @@ _Claimed = Row[int, str, str, dt.date, dt.datetime, dt.datetime]
 
 
 def _claim_due(
-    now: dt.datetime, batch_size: int
+    now: dt.datetime, batch_size: int, skip: set[int]
 ) -> Select[int, str, str, dt.date, dt.datetime, dt.datetime]:
-    return (
+    query = (
         select(
             Customer.id,
             Customer.billing_period,
@@ -134,9 +151,11 @@ def _claim_due(
         # inserted for these customers (their foreign keys take KEY SHARE).
         .with_for_update(skip_locked=True, key_share=True)
     )
+    return query.where(Customer.id.not_in(skip)) if skip else query
 
 
 ClosedByGroup = dict[tuple[str, str, dt.date], list[int]]
+Steps = Sequence[tuple[_Claimed, Advance]]
 
 # One round trip per batch: advance the claimed customers by one period and record the
 # periods they leave (a conflict means another run recorded it). Per customer only its id
@@ -193,16 +212,15 @@ _BATCH_PLAN_POSTGRESQL = text(
 
 
 def _write_postgresql(
-    session: Session, claimed: Sequence[_Claimed], groups: GroupedPeriods, now: dt.datetime
+    session: Session, steps: Steps, groups: GroupedPeriods, now: dt.datetime
 ) -> ClosedByGroup:
-    numbers: dict[tuple[str, str, int, dt.datetime, dt.datetime], int] = {}
+    numbers: dict[tuple[str, dt.datetime, Advance], int] = {}
     period_starts, start_dates, end_dates, next_ends = [], [], [], []
     customer_ids, group_numbers = [], []
-    for customer_id, rule, tz, created, start, end in claimed:
-        key = (rule, tz, anchor_key(rule, created), start, end)
+    for (customer_id, _rule, tz, _created, start, _end), step in steps:
+        key = (tz, start, step)
         number = numbers.get(key)
         if number is None:
-            step = groups.advance(rule, created, tz, start, end)
             period_starts.append(start)
             start_dates.append(groups.local_date(start, tz))
             end_dates.append(step.end_date)
@@ -227,14 +245,13 @@ def _write_postgresql(
 
 
 def _write_sqlite(
-    session: Session, claimed: Sequence[_Claimed], groups: GroupedPeriods, now: dt.datetime
+    session: Session, steps: Steps, groups: GroupedPeriods, now: dt.datetime
 ) -> ClosedByGroup:
     # The embedded default: same statements, written with the ORM's portable constructs
     # (SQLite has no arrays to unnest); one UPDATE per distinct next boundary.
     records: list[dict[str, Any]] = []
     advancing: dict[dt.datetime, list[int]] = {}
-    for customer_id, rule, tz, created, start, end in claimed:
-        step = groups.advance(rule, created, tz, start, end)
+    for (customer_id, rule, tz, _created, start, end), step in steps:
         records.append(
             {
                 "customer_id": customer_id,

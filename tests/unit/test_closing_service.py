@@ -97,6 +97,7 @@ def test_a_period_that_has_ended_is_closed_and_the_customer_moves_on(session, se
         "batches": 1,
         "invoice_messages": 1,
         "period_computations": 1,
+        "unclosable": 0,
     }
     assert sent.ids == [closed.id]
 
@@ -210,6 +211,25 @@ def test_a_period_recorded_by_someone_else_is_not_duplicated(session, sent) -> N
     session.refresh(customer)
     assert customer.current_period_start == dt.datetime(2026, 1, 16, tzinfo=UTC)
     assert sent == []
+
+
+def test_a_customer_the_engine_refuses_is_logged_and_does_not_block_the_others(
+    session, sent, caplog
+) -> None:
+    """A stored period that is not a boundary of the customer's rule (data intake never
+    writes) is reported and skipped; every other due customer still closes."""
+    broken = make_customer(session, billing_period="daily")
+    broken.current_period_end = dt.datetime(2026, 1, 16, 12, 34, tzinfo=UTC)
+    healthy = [make_customer(session, billing_period="daily") for _ in range(3)]
+    session.commit()
+
+    summary = close_due(session, now=dt.datetime(2026, 1, 17, tzinfo=UTC), batch_size=2)
+
+    assert summary.unclosable == 1
+    assert summary.closed == 6  # 3 customers x (Jan 15-16, Jan 16-17)
+    assert _closed(session, broken) == []
+    assert all(len(_closed(session, c)) == 2 for c in healthy)
+    assert f"customer {broken.id} cannot be closed" in caplog.text
 
 
 def test_invoice_generation_is_queued_in_batches_on_the_invoicing_queue(session, sent) -> None:

@@ -44,6 +44,12 @@ def close_command(as_of: str | None, as_json: bool) -> None:
     )
     if summary.already_closed:
         click.echo(f"{summary.already_closed} period(s) had already been closed")
+    if summary.unclosable:
+        click.echo(
+            f"{summary.unclosable} customer(s) could not be closed: their stored period is "
+            "not one the period engine accepts (details in the log above)",
+            err=True,
+        )
     for (rule, tz, end_date), count in sorted(summary.by_boundary.items()):
         click.echo(f"  {count:>9}  {rule:<20} {tz:<32} ended {end_date.isoformat()}")
 
