@@ -9,8 +9,8 @@ missed periods close separately and in order.
 Exactly once, whatever runs at the same time:
 - one closed period per (customer, period start), enforced by the unique constraint and
   `ON CONFLICT DO NOTHING`; a conflict means "already closed";
-- closers claim customers with `FOR UPDATE SKIP LOCKED`, so concurrent closers split the
-  due customers instead of waiting on or repeating each other's batch;
+- closers claim customers with `FOR NO KEY UPDATE SKIP LOCKED`, so concurrent closers split
+  the due customers instead of waiting on or repeating each other's batch;
 - each batch is its own transaction: a crash loses at most one batch, and the next run
   (the next beat) continues where the committed batches stopped.
 
@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 
 from models import ClosedPeriod, Customer, CustomerStatus
 from models.closing_rules import Advance, GroupedPeriods
+from models.intake import parse_instant
 from tasks.base import BillingTask, send_after_commit
 from worker.celery_app import app
 from worker.config import settings
@@ -356,17 +357,18 @@ def _require_aware(now: dt.datetime) -> None:
         raise ValueError(f"now must be an aware instant, got {now!r}")
 
 
-def parse_instant(value: str | None) -> dt.datetime:
-    """An ISO-8601 instant with an offset (or `Z`), in UTC; the current instant if None."""
+def parse_as_of(value: str | None) -> dt.datetime:
+    """The instant to close or reconcile as of: ISO-8601 with an offset (or `Z`), in UTC;
+    the current instant if None."""
     if value is None:
         return dt.datetime.now(dt.UTC)
-    try:
-        instant = dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f"not an ISO-8601 instant: {value!r}") from None
-    if instant.tzinfo is None:
-        raise ValueError(f"the instant {value!r} needs an offset or Z (it is compared in UTC)")
-    return instant.astimezone(dt.UTC)
+    instant = parse_instant(value)
+    if instant is None:
+        raise ValueError(
+            f"{value!r} is not an ISO-8601 instant with a UTC offset, such as "
+            "'2026-03-08T05:00:00Z' (a time without an offset would depend on the machine)"
+        )
+    return instant
 
 
 # --- Celery tasks: thin adapters --------------------------------------------------------
@@ -375,7 +377,7 @@ def parse_instant(value: str | None) -> dt.datetime:
 @app.task(name="billing.periods.close_due", base=BillingTask, bind=True)
 def close_due_task(self: BillingTask, as_of: str | None = None) -> dict[str, int]:
     """Close every period that has ended by `as_of` (default: now)."""
-    now = parse_instant(as_of)
+    now = parse_as_of(as_of)
     with unit_of_work() as session:
         summary = close_due(session, now=now, batch_size=settings().close_batch_size)
     return summary.as_dict()
@@ -391,7 +393,7 @@ def reconcile_task(
     with unit_of_work() as session:
         summary = reconcile(
             session,
-            now=parse_instant(as_of),
+            now=parse_as_of(as_of),
             older_than=dt.timedelta(seconds=seconds),
             batch_size=conf.close_batch_size,
         )

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 import tasks.closing
 from models import Base, ClosedPeriod, Customer, Invoice
 from models.periods import Period, next_period, period_containing
-from tasks.closing import close_due, parse_instant, reconcile
+from tasks.closing import close_due, parse_as_of, reconcile
 from tests.factories import make_customer
 from worker.db import make_engine
 
@@ -286,14 +286,14 @@ def test_the_close_needs_an_aware_instant(session, sent) -> None:
 )
 def test_as_of_instants_are_read_in_utc(text: str, expected: dt.datetime) -> None:
     """`--as-of` and the task's `as_of` accept ISO-8601 with an offset, compared in UTC."""
-    assert parse_instant(text) == expected
+    assert parse_as_of(text) == expected
 
 
 @pytest.mark.parametrize("text", ["2026-03-08T05:00:00", "yesterday"])
 def test_as_of_without_an_offset_is_rejected(text: str) -> None:
     """An instant without an offset would be read in the machine's zone: refuse it."""
     with pytest.raises(ValueError, match=r"offset|ISO-8601"):
-        parse_instant(text)
+        parse_as_of(text)
 
 
 # --- reconcile --------------------------------------------------------------------------

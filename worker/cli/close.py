@@ -10,7 +10,7 @@ import click
 from sqlalchemy import func, select
 
 from models import ClosedPeriod, Customer
-from tasks.closing import close_due, parse_instant
+from tasks.closing import close_due, parse_as_of
 from worker.config import settings
 from worker.db import unit_of_work
 
@@ -30,7 +30,7 @@ def close_command(as_of: str | None, as_json: bool) -> None:
     while workers run: nothing is ever closed twice.
     """
     try:
-        now = parse_instant(as_of)
+        now = parse_as_of(as_of)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--as-of") from None
     with unit_of_work() as session:
