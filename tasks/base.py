@@ -11,6 +11,7 @@ has committed.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from celery import Task
@@ -74,6 +75,11 @@ class BillingTask(Task):  # type: ignore[misc]
                 full_jitter=self.retry_jitter,
             )
         )
+
+
+def utcnow() -> dt.datetime:
+    """The current instant. Only task adapters read the clock; services are given `now`."""
+    return dt.datetime.now(dt.UTC)
 
 
 def send_after_commit(session: Session, signature: Signature) -> None:

@@ -15,18 +15,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Table, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from models.base import table_of
 from models.catalog import BusinessModel, CustomerClass, Reseller
 from models.catalog_file import CatalogFile
-
-
-def _insert(session: Session, table: Table) -> Any:
-    """The dialect's INSERT, which has ON CONFLICT (PostgreSQL and SQLite)."""
-    if session.get_bind().dialect.name == "sqlite":
-        return sqlite.insert(table)
-    return postgresql.insert(table)
+from worker.db import dialect_insert
 
 
 def _reseller_row(spec: Any) -> dict[str, Any]:
@@ -77,7 +71,7 @@ def _upsert(session: Session, table: Table, rows: Sequence[Mapping[str, Any]]) -
         else:
             counts["unchanged"] += 1
     if changed:
-        insert = _insert(session, table)
+        insert = dialect_insert(session)(table)
         statement = insert.on_conflict_do_update(
             index_elements=[table.c.name],
             set_={c: insert.excluded[c] for c in columns if c != "name"},
@@ -86,26 +80,20 @@ def _upsert(session: Session, table: Table, rows: Sequence[Mapping[str, Any]]) -
     return counts
 
 
-def _table(model: type[Any]) -> Table:
-    table = model.__table__
-    assert isinstance(table, Table)
-    return table
-
-
 def load_catalog(session: Session, catalog: CatalogFile) -> dict[str, dict[str, int]]:
     """Upsert every entry of `catalog` by name; counts of created / updated / unchanged."""
     return {
         "resellers": _upsert(
-            session, _table(Reseller), [_reseller_row(s) for s in catalog.resellers]
+            session, table_of(Reseller), [_reseller_row(s) for s in catalog.resellers]
         ),
         "business_models": _upsert(
             session,
-            _table(BusinessModel),
+            table_of(BusinessModel),
             [_business_model_row(s) for s in catalog.business_models],
         ),
         "customer_classes": _upsert(
             session,
-            _table(CustomerClass),
+            table_of(CustomerClass),
             [_customer_class_row(s) for s in catalog.customer_classes],
         ),
     }

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from pydantic import ValidationError as PydanticValidationError
@@ -37,9 +37,9 @@ from models.invoicing_rules import (
     is_blocked,
 )
 from models.money import MoneyError, check_currency, parse_amount, round_money
-from tasks.base import BillingTask
+from tasks.base import BillingTask, utcnow
 from worker.celery_app import app
-from worker.db import unit_of_work
+from worker.db import dialect_insert, unit_of_work
 
 Result = dict[str, Any]
 
@@ -53,15 +53,30 @@ class _Movement(BaseModel):
     currency: StrictStr
     idempotency_key: str = Field(min_length=1, max_length=200)
 
+    description: str
+
+    @property
+    def at(self) -> dt.datetime:
+        """The instant the money moved (a charge's use, a payment's receipt)."""
+        raise NotImplementedError
+
 
 class ChargeIn(_Movement):
     occurred_at: AwareDatetime
     description: str = Field(min_length=1, max_length=500)
 
+    @property
+    def at(self) -> dt.datetime:
+        return self.occurred_at
+
 
 class PaymentIn(_Movement):
     received_at: AwareDatetime
     description: str = Field(default="", max_length=500)
+
+    @property
+    def at(self) -> dt.datetime:
+        return self.received_at
 
 
 def _error(field: str, code: str, message: str) -> dict[str, str]:
@@ -137,13 +152,6 @@ def _customer_errors(customer: Customer | None, data: _Movement) -> list[dict[st
             )
         ]
     return []
-
-
-def dialect_insert(session: Session) -> Any:
-    """The session's dialect's `insert`, which has `on_conflict_do_nothing`."""
-    from sqlalchemy.dialects import postgresql, sqlite
-
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
 def _insert(session: Session, model: type[Charge] | type[Payment], values: dict[str, Any]) -> Any:
@@ -229,95 +237,68 @@ def _replay(
 
 def record_charge(session: Session, payload: object, *, now: dt.datetime) -> Result:
     """Record one charge and apply it to the customer's balance, or refuse it (nothing stored)."""
-    parsed = _parse(ChargeIn, payload)
-    if isinstance(parsed, list):
-        return refused(*parsed)
-    data, amount = parsed
-    assert isinstance(data, ChargeIn)
-    customer = _lock_customer(session, data)
-    errors = _customer_errors(customer, data)
-    if errors:
-        return refused(*errors)
-    assert customer is not None
-    existing = session.scalars(
-        select(Charge).where(
-            Charge.customer_id == customer.id, Charge.idempotency_key == data.idempotency_key
-        )
-    ).one_or_none()
-    if existing is not None:
-        return _replay(session, "charge", existing, customer, amount, data.occurred_at)
-    if customer.status != CustomerStatus.ACTIVE:
-        return refused(
-            _error("customer", "customer_inactive", f"{customer.name!r} is {customer.status}")
-        )
-    decision = apply_charge(
-        customer.balance_control, customer.balance, customer.credit_limit, amount
-    )
-    if isinstance(decision, Refusal):
-        return refused(_error("amount", decision.code, decision.message))
-    charge_id = _insert(
-        session,
-        Charge,
-        {
-            "customer_id": customer.id,
-            "amount": amount,
-            "currency": customer.currency,
-            "occurred_at": data.occurred_at,
-            "description": data.description,
-            "idempotency_key": data.idempotency_key,
-            "recorded_at": now,
-        },
-    )
-    if charge_id is None:  # cannot happen under the row lock; the constraint has the last word
-        raise RuntimeError(f"charge key {data.idempotency_key!r} inserted concurrently")
-    _apply(session, customer, decision, entry_type="charge", now=now, charge_id=charge_id)
-    return _outcome("charge", charge_id, customer, amount, None) | {
-        "balance": str(round_money(decision.balance_after, customer.currency)),
-        "blocked": decision.blocked_after,
-    }
+    return _record(session, "charge", payload, now=now)
 
 
 def record_payment(session: Session, payload: object, *, now: dt.datetime) -> Result:
-    """Record one payment (postpaid) or top-up (prepaid); unblocks when it clears the block."""
-    parsed = _parse(PaymentIn, payload)
+    """Record one payment (postpaid) or top-up (prepaid); unblocks when it clears the block.
+
+    Unlike charges, payments are taken from customers who are closed or terminated too:
+    settling what they owe must stay possible.
+    """
+    return _record(session, "payment", payload, now=now)
+
+
+def _record(session: Session, kind: str, payload: object, *, now: dt.datetime) -> Result:
+    """The shared path of a charge or a payment: validate, lock the customer, replay a known
+    key, apply the balance rule, insert the row and its ledger entry."""
+    is_charge = kind == "charge"
+    model: type[Charge] | type[Payment] = Charge if is_charge else Payment
+    parsed = _parse(ChargeIn if is_charge else PaymentIn, payload)
     if isinstance(parsed, list):
         return refused(*parsed)
     data, amount = parsed
-    assert isinstance(data, PaymentIn)
+    at = data.at
     customer = _lock_customer(session, data)
     errors = _customer_errors(customer, data)
     if errors:
         return refused(*errors)
     assert customer is not None
-    existing = session.scalars(
-        select(Payment).where(
-            Payment.customer_id == customer.id, Payment.idempotency_key == data.idempotency_key
-        )
-    ).one_or_none()
-    if existing is not None:
-        return _replay(session, "payment", existing, customer, amount, data.received_at)
-    decision = apply_payment(
-        customer.balance_control, customer.balance, customer.credit_limit, amount
+    existing = cast(
+        Charge | Payment | None,
+        session.scalars(
+            select(model).where(
+                model.customer_id == customer.id, model.idempotency_key == data.idempotency_key
+            )
+        ).one_or_none(),
     )
+    if existing is not None:
+        return _replay(session, kind, existing, customer, amount, at)
+    if is_charge and customer.status != CustomerStatus.ACTIVE:
+        return refused(
+            _error("customer", "customer_inactive", f"{customer.name!r} is {customer.status}")
+        )
+    decide = apply_charge if is_charge else apply_payment
+    decision = decide(customer.balance_control, customer.balance, customer.credit_limit, amount)
     if isinstance(decision, Refusal):
         return refused(_error("amount", decision.code, decision.message))
-    payment_id = _insert(
+    row_id = _insert(
         session,
-        Payment,
+        model,
         {
             "customer_id": customer.id,
             "amount": amount,
             "currency": customer.currency,
-            "received_at": data.received_at,
+            "occurred_at" if is_charge else "received_at": at,
             "description": data.description,
             "idempotency_key": data.idempotency_key,
             "recorded_at": now,
         },
     )
-    if payment_id is None:
-        raise RuntimeError(f"payment key {data.idempotency_key!r} inserted concurrently")
-    _apply(session, customer, decision, entry_type="payment", now=now, payment_id=payment_id)
-    return _outcome("payment", payment_id, customer, amount, None) | {
+    if row_id is None:  # cannot happen under the row lock; the constraint has the last word
+        raise RuntimeError(f"{kind} key {data.idempotency_key!r} inserted concurrently")
+    _apply(session, customer, decision, entry_type=kind, now=now, **{f"{kind}_id": row_id})
+    return _outcome(kind, row_id, customer, amount, None) | {
         "balance": str(round_money(decision.balance_after, customer.currency)),
         "blocked": decision.blocked_after,
     }
@@ -365,16 +346,12 @@ def balance_mismatches(session: Session) -> list[dict[str, Any]]:
     return mismatches
 
 
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
 @app.task(name="billing.charges.record", base=BillingTask, bind=True)
 def record_charge_task(self: BillingTask, payload: dict[str, Any]) -> Result:
     """Record one charge: {customer|customer_id, amount, currency, occurred_at, description,
     idempotency_key}."""
     with unit_of_work() as session:
-        return record_charge(session, payload, now=_utcnow())
+        return record_charge(session, payload, now=utcnow())
 
 
 @app.task(name="billing.payments.record", base=BillingTask, bind=True)
@@ -382,4 +359,4 @@ def record_payment_task(self: BillingTask, payload: dict[str, Any]) -> Result:
     """Record one payment or top-up: {customer|customer_id, amount, currency, received_at,
     description?, idempotency_key}."""
     with unit_of_work() as session:
-        return record_payment(session, payload, now=_utcnow())
+        return record_payment(session, payload, now=utcnow())

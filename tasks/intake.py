@@ -33,10 +33,10 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Table, func, literal, null, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import func, literal, null, or_, select
 from sqlalchemy.orm import Session
 
+from models.base import table_of
 from models.billing import LedgerEntry
 from models.catalog import BusinessModel, CustomerClass, Reseller
 from models.customer import BalanceControl, Customer
@@ -52,26 +52,13 @@ from models.intake import (
     parse_intake,
 )
 from models.periods import Period, PeriodError, first_period
-from tasks.base import BillingTask
+from tasks.base import BillingTask, utcnow
 from worker.celery_app import app
-from worker.db import unit_of_work
+from worker.db import dialect_insert, unit_of_work
 
 # An insert that lost to a conflicting row which then disappeared (deleted concurrently) is
 # simply tried again; more than this many times means something else is wrong.
 _INSERT_ATTEMPTS = 3
-
-
-def _insert(session: Session, table: Any) -> Any:
-    """The dialect's INSERT, which has ON CONFLICT (PostgreSQL and SQLite)."""
-    if session.get_bind().dialect.name == "sqlite":
-        return sqlite.insert(table)
-    return postgresql.insert(table)
-
-
-def _table(model: type[Any]) -> Table:
-    table = model.__table__
-    assert isinstance(table, Table)
-    return table
 
 
 def _catalog_refs(session: Session, draft: IntakeDraft) -> CatalogRefs:
@@ -189,9 +176,12 @@ def _store(
         "current_period_end": _utc(period.end),
         "intake_key": intake_key,
     }
-    customers = _table(Customer)
+    customers = table_of(Customer)
     statement = (
-        _insert(session, customers).values(row).on_conflict_do_nothing().returning(customers.c.id)
+        dialect_insert(session)(customers)
+        .values(row)
+        .on_conflict_do_nothing()
+        .returning(customers.c.id)
     )
     for _ in range(_INSERT_ATTEMPTS):
         customer_id = session.execute(statement).scalar_one_or_none()
@@ -204,7 +194,7 @@ def _store(
         raise RuntimeError(f"customer {intake.name!r} neither inserted nor found conflicting")
     if prepaid:
         session.execute(
-            _insert(session, _table(LedgerEntry)).values(
+            dialect_insert(session)(table_of(LedgerEntry)).values(
                 customer_id=customer_id,
                 entry_type="opening",
                 amount=funds,
@@ -265,7 +255,7 @@ def _conflict_outcome(
 @app.task(name="billing.customers.create", base=BillingTask, bind=True)
 def create_customer_task(self: BillingTask, payload: Any) -> dict[str, Any]:
     """Create one customer from a JSON object; returns the created/rejected outcome."""
-    now = dt.datetime.now(dt.UTC)
+    now = utcnow()
     with unit_of_work() as session:
         key = f"task:{self.request.id}" if self.request.id else None
         return create_customer(session, payload, now=now, delivery_key=key)

@@ -72,10 +72,9 @@ from models.invoicing_rules import (
     invoice_totals,
     local_date,
 )
-from tasks.base import BillingTask, is_transient, send_after_commit
-from tasks.charges import dialect_insert
+from tasks.base import BillingTask, is_transient, send_after_commit, utcnow
 from worker.celery_app import app
-from worker.db import unit_of_work
+from worker.db import dialect_insert, unit_of_work
 
 ISSUED = "issued"
 GENERATING = "generating"
@@ -596,16 +595,12 @@ def smtp_settings() -> SMTPSettings | None:
     return SMTPSettings.from_url(url) if url else None
 
 
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
 @app.task(name="billing.invoices.generate", base=BillingTask, bind=True)
 def generate_invoices_task(self: BillingTask, closed_period_ids: list[int]) -> dict[str, Any]:
     """Issue the invoices of a batch of closed periods (ids); reruns create nothing new."""
     ids = [int(i) for i in closed_period_ids]
     with unit_of_work() as session:
-        summary = generate_invoices(session, ids, now=_utcnow())
+        summary = generate_invoices(session, ids, now=utcnow())
         if summary["issued"] and smtp_settings() is not None:
             send_after_commit(session, send_notifications_task.s())
         return summary
@@ -619,7 +614,7 @@ def send_notifications_task(self: BillingTask) -> dict[str, Any]:
         return {"status": "disabled", "reason": "BILLING_SMTP_URL is not set"}
     with unit_of_work() as session:
         result = send_notifications(
-            session, conf.sender(), now=_utcnow(), sender_address=conf.sender_address
+            session, conf.sender(), now=utcnow(), sender_address=conf.sender_address
         )
         if result["claimed"] and result["sent"] == result["claimed"]:
             send_after_commit(session, send_notifications_task.s())

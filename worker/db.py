@@ -8,7 +8,9 @@ opens exactly one scope per job:
 
 Follow-up Celery messages are registered with `after_commit(session, fn)` and sent only
 once the transaction that justifies them has committed; a rolled-back transaction sends
-nothing. A send that fails after the commit is healed by the reconcile step, because the
+nothing. A long job may commit in steps (`session.commit()` after each batch, so a crash
+loses at most one batch): the follow-ups registered before each commit are sent right
+after it. A send that fails after the commit is healed by the reconcile step, because the
 database, not the message, is the source of truth.
 """
 
@@ -21,6 +23,7 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.config import settings
@@ -75,15 +78,31 @@ def after_commit(session: Session, callback: Callable[[], object]) -> None:
     session.info.setdefault(_AFTER_COMMIT, []).append(callback)
 
 
+def _run_after_commit(session: Session) -> None:
+    callbacks: list[Callable[[], object]] = session.info.pop(_AFTER_COMMIT, [])
+    for callback in callbacks:
+        callback()
+
+
+def _drop_after_commit(session: Session) -> None:
+    session.info.pop(_AFTER_COMMIT, None)
+
+
 @contextmanager
 def unit_of_work(factory: sessionmaker[Session] | None = None) -> Iterator[Session]:
-    """One session, one transaction; commit on success, then run the after-commit callbacks."""
+    """One session; commit on success, rolled back on error. After every commit (the final
+    one, or one the job makes between batches) the callbacks registered before it run."""
     with (factory or session_factory())() as session:
-        with session.begin():
-            yield session
-        callbacks: list[Callable[[], object]] = session.info.pop(_AFTER_COMMIT, [])
-        for callback in callbacks:
-            callback()
+        event.listen(session, "after_commit", _run_after_commit)
+        event.listen(session, "after_rollback", _drop_after_commit)
+        yield session
+        session.commit()
+
+
+def dialect_insert(session: Session) -> Any:
+    """The session's dialect's `insert`: it has ON CONFLICT on PostgreSQL and SQLite alike,
+    which every idempotent write uses (a conflict means "already done")."""
+    return sqlite.insert if session.get_bind().dialect.name == "sqlite" else postgresql.insert
 
 
 def reset_engine() -> None:
