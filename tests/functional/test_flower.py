@@ -123,6 +123,15 @@ def metric(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
+def succeeded_in_metrics(flower: Flower, task: str, worker_name: str) -> float:
+    """Flower's /metrics count of task-succeeded events for `task` on `worker_name`."""
+    status, body = flower.request("/metrics", login=None)
+    assert status == 200
+    return metric(
+        body.decode(), "flower_events_total", task=task, type="task-succeeded", worker=worker_name
+    )
+
+
 def test_flower_refuses_its_api_and_dashboard_without_the_login(flower) -> None:
     """Without credentials (or with wrong ones) the API and dashboard answer 401."""
     assert flower.request("/api/workers", login=None)[0] == 401
@@ -202,6 +211,62 @@ def test_flower_shows_customer_intake_with_its_arguments_and_outcome(
         assert task["worker"] == worker.nodename
         assert line["name"] in task["args"]
         assert "'status': 'created'" in task["result"]
+    assert succeeded_in_metrics(flower, "billing.customers.create", worker.nodename) == 2
+
+
+def test_flower_shows_the_period_close_and_the_invoicing_it_queued(flower, worker, catalog) -> None:
+    """A close run by the real worker shows as billing.periods.close_due, SUCCESS, with its
+    summary, and the invoice generation it queued after commit as billing.invoices.generate."""
+    from sqlalchemy import func, select
+
+    from models import Invoice
+    from tasks.closing import close_due_task
+    from tasks.intake import create_customer_task
+    from worker.db import unit_of_work
+
+    customer = {
+        "reseller": "acme",
+        "name": "Flower Watch Ltd",
+        "business_model": "Hosted IP PBX",
+        "customer_class": "Business",
+        "billing_period": "daily",
+        "billing_timezone": "Europe/Madrid",
+        "balance_control": "postpaid",
+        "currency": "EUR",
+        "custom_data": {"tax_code": "ES-1"},
+        "created_at": "2026-03-01T12:00:00Z",
+    }
+    assert create_customer_task.delay(customer).get(timeout=30)["status"] == "created"
+    # Three local days have ended by then: March 1, 2 and 3 in Madrid.
+    close = close_due_task.delay("2026-03-03T23:00:00Z")
+    summary = close.get(timeout=60)
+
+    shown = wait_for_flower_tasks(flower, "billing.periods.close_due", {close.id})[close.id]
+    assert shown["worker"] == worker.nodename
+    assert "2026-03-03T23:00:00Z" in shown["args"]
+    assert summary["closed"] == 3
+    assert "'closed': 3" in shown["result"]
+
+    def invoices_issued() -> int:
+        with unit_of_work() as session:
+            return int(session.scalar(select(func.count()).select_from(Invoice)) or 0)
+
+    wait_for(lambda: invoices_issued() == 3, timeout=30, what="three invoices")
+    generate = wait_for(
+        lambda: {
+            task_id: task
+            for task_id, task in flower.api("/api/tasks?taskname=billing.invoices.generate").items()
+            if task["state"] == "SUCCESS" and task.get("parent_id") == close.id
+        },
+        timeout=30,
+        interval=0.5,
+        what="flower shows the invoice generation the close queued",
+    )
+    assert all(task["worker"] == worker.nodename for task in generate.values())
+    assert succeeded_in_metrics(flower, "billing.periods.close_due", worker.nodename) == 1
+    assert succeeded_in_metrics(flower, "billing.invoices.generate", worker.nodename) == len(
+        generate
+    )
 
 
 def test_flower_metrics_count_the_tasks_sent_and_succeeded(flower, worker) -> None:
@@ -209,16 +274,7 @@ def test_flower_metrics_count_the_tasks_sent_and_succeeded(flower, worker) -> No
     from tasks.health import ping
 
     def succeeded_count() -> float:
-        status, body = flower.request("/metrics", login=None)
-        assert status == 200
-        text = body.decode()
-        return metric(
-            text,
-            "flower_events_total",
-            task="billing.ping",
-            type="task-succeeded",
-            worker=worker.nodename,
-        )
+        return succeeded_in_metrics(flower, "billing.ping", worker.nodename)
 
     before = succeeded_count()
     for n in range(2):
