@@ -18,6 +18,32 @@ from models import BusinessModel, Customer, CustomerClass, Reseller
 
 _names = itertools.count(1)
 
+# Passed as a value to `intake_payload`, removes the key instead of setting it.
+DROP = object()
+
+
+def intake_payload(**changes: Any) -> dict[str, Any]:
+    """A valid intake job for the example catalog (examples/catalog.yaml), with `changes`
+    applied; a value of DROP removes that key."""
+    payload: dict[str, Any] = {
+        "reseller": "acme",
+        "name": "Globex Corp",
+        "business_model": "Hosted IP PBX",
+        "customer_class": "Business",
+        "billing_period": "monthly_anniversary",
+        "billing_timezone": "America/New_York",
+        "balance_control": "postpaid",
+        "currency": "USD",
+        "credit_limit": "500.00",
+        "custom_data": {"tax_code": "X1"},
+    }
+    for key, value in changes.items():
+        if value is DROP:
+            payload.pop(key, None)
+        else:
+            payload[key] = value
+    return payload
+
 
 def get_or_create_catalog(
     session: Session,

@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from models import Customer, LedgerEntry, Reseller
 from models.catalog_file import parse_catalog
 from tasks.catalog import load_catalog
+from tests.factories import intake_payload
 from worker.cli import main
 from worker.db import unit_of_work
 
@@ -29,20 +30,7 @@ def catalog(clean_db, worker):  # type: ignore[no-untyped-def]
     return clean_db
 
 
-def payload(**changes: Any) -> dict[str, Any]:
-    return {
-        "reseller": "acme",
-        "name": "Globex Corp",
-        "business_model": "Hosted IP PBX",
-        "customer_class": "Business",
-        "billing_period": "monthly_anniversary",
-        "billing_timezone": "America/New_York",
-        "balance_control": "postpaid",
-        "currency": "USD",
-        "credit_limit": "500.00",
-        "custom_data": {"tax_code": "X1"},
-        **changes,
-    }
+payload = intake_payload
 
 
 def send(body: Any) -> Any:

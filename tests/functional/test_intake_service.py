@@ -15,6 +15,7 @@ from models.catalog_file import parse_catalog
 from models.periods import first_period
 from tasks.catalog import load_catalog
 from tasks.intake import create_customer
+from tests.factories import DROP, intake_payload
 
 pytestmark = pytest.mark.functional
 
@@ -36,20 +37,9 @@ def session(empty_session):  # type: ignore[no-untyped-def]
 
 
 def payload(**changes: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "reseller": "acme",
-        "name": "Globex Corp",
-        "business_model": "Hosted IP PBX",
-        "customer_class": "Business",
-        "billing_period": "monthly_anniversary",
-        "billing_timezone": "America/New_York",
-        "balance_control": "postpaid",
-        "currency": "USD",
-        "credit_limit": "500.00",
-        "custom_data": {"tax_code": "X1", "seats": "25"},
-    }
-    base.update(changes)
-    return {k: v for k, v in base.items() if v is not None}
+    """A valid job with a custom field given as text (as CSV cells are); None drops a key."""
+    changes = {k: DROP if v is None else v for k, v in changes.items()}
+    return intake_payload(**{"custom_data": {"tax_code": "X1", "seats": "25"}, **changes})
 
 
 def count(session, model) -> int:  # type: ignore[no-untyped-def]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
-from typing import Any
 
 import pytest
 
@@ -17,6 +16,7 @@ from models.intake import (
     Rejected,
     validate_intake,
 )
+from tests.factories import DROP, intake_payload
 
 NOW = dt.datetime(2026, 3, 19, 12, 0, tzinfo=dt.UTC)
 
@@ -40,28 +40,7 @@ CATALOG = Catalog(
 )
 
 
-def payload(**changes: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "reseller": "acme",
-        "name": "Globex Corp",
-        "business_model": "Hosted IP PBX",
-        "customer_class": "Business",
-        "billing_period": "monthly_anniversary",
-        "billing_timezone": "America/New_York",
-        "balance_control": "postpaid",
-        "currency": "USD",
-        "credit_limit": "500.00",
-        "custom_data": {"tax_code": "X1"},
-    }
-    for key, value in changes.items():
-        if value is _DROP:
-            base.pop(key, None)
-        else:
-            base[key] = value
-    return base
-
-
-_DROP = object()
+payload = intake_payload
 
 
 def accepted(data: object) -> Accepted:
@@ -96,7 +75,7 @@ def test_the_issue_example_is_accepted_with_catalog_ids() -> None:
 def test_prepaid_customer_carries_available_funds() -> None:
     """A prepaid request takes available_funds instead of a credit limit."""
     outcome = accepted(
-        payload(balance_control="prepaid", credit_limit=_DROP, available_funds="100.00")
+        payload(balance_control="prepaid", credit_limit=DROP, available_funds="100.00")
     )
 
     assert outcome.intake.available_funds == Decimal("100.00")
@@ -105,14 +84,14 @@ def test_prepaid_customer_carries_available_funds() -> None:
 
 def test_prepaid_without_funds_means_zero_funds() -> None:
     """A prepaid request without available_funds starts with zero funds."""
-    outcome = accepted(payload(balance_control="prepaid", credit_limit=_DROP))
+    outcome = accepted(payload(balance_control="prepaid", credit_limit=DROP))
 
     assert outcome.intake.available_funds == Decimal(0)
 
 
 def test_postpaid_without_credit_limit_means_no_limit() -> None:
     """A postpaid request may leave the credit limit out (no limit)."""
-    assert accepted(payload(credit_limit=_DROP)).intake.credit_limit is None
+    assert accepted(payload(credit_limit=DROP)).intake.credit_limit is None
 
 
 def test_null_optional_keys_count_as_absent() -> None:
@@ -134,7 +113,7 @@ def test_name_is_trimmed() -> None:
 @pytest.mark.parametrize(
     ("name", "code"),
     [
-        (_DROP, "required"),
+        (DROP, "required"),
         (None, "required"),
         ("", "blank"),
         ("   ", "blank"),
@@ -264,7 +243,7 @@ def test_bad_credit_limits_are_rejected(amount: object, code: str) -> None:
 def test_decimals_are_limited_by_the_currency(currency: str, amount: object, ok: bool) -> None:
     """The number of significant decimals may not exceed the currency's minor units."""
     data = payload(
-        currency=currency, balance_control="prepaid", credit_limit=_DROP, available_funds=amount
+        currency=currency, balance_control="prepaid", credit_limit=DROP, available_funds=amount
     )
     if ok:
         assert accepted(data).intake.available_funds == Decimal(str(amount))
@@ -275,7 +254,7 @@ def test_decimals_are_limited_by_the_currency(currency: str, amount: object, ok:
 def test_zero_and_negative_zero_are_zero() -> None:
     """Zero is accepted, and -0 is stored as 0."""
     outcome = accepted(
-        payload(balance_control="prepaid", credit_limit=_DROP, available_funds="-0.00")
+        payload(balance_control="prepaid", credit_limit=DROP, available_funds="-0.00")
     )
     assert str(outcome.intake.available_funds) == "0.00"
 
@@ -322,7 +301,7 @@ def test_mandatory_custom_fields_must_be_present() -> None:
     assert errors(payload(custom_data={"tax_code": None})) == [
         ("custom_data.tax_code", "missing_custom_field")
     ]
-    assert errors(payload(custom_data=_DROP)) == [("custom_data.tax_code", "missing_custom_field")]
+    assert errors(payload(custom_data=DROP)) == [("custom_data.tax_code", "missing_custom_field")]
 
 
 def test_fields_the_class_does_not_define_are_rejected() -> None:
