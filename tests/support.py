@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine, create_engine, text
 
 from worker.celery_app import QUEUES
+from worker.commands import CELERY, worker_arguments
 
 T = TypeVar("T")
 
@@ -61,26 +62,19 @@ def wait_for(
 def worker_command(
     name: str, *, queues: Sequence[str] = QUEUES, concurrency: int = 2, pool: str = "prefork"
 ) -> list[str]:
-    """The worker command line: the same arguments docker-compose's worker service uses."""
+    """The worker command line: docker-compose's worker arguments (worker/commands.py),
+    plus the pool, its size and a node name of the test's own."""
     return [
         sys.executable,
         "-m",
-        "celery",
-        "-A",
-        "worker",
-        "worker",
-        "--loglevel=INFO",
-        "-E",
-        "-Q",
-        ",".join(queues),
+        *CELERY,
+        *worker_arguments(queues=queues),
         "-c",
         str(concurrency),
         "-P",
         pool,
         "-n",
         name,
-        "--without-mingle",
-        "--without-gossip",
     ]
 
 

@@ -20,6 +20,7 @@ from celery import Celery
 from celery.signals import worker_process_init
 from kombu.entity import Queue
 
+from worker.beat import beat_config
 from worker.config import Settings, settings
 
 QUEUES = ("intake", "closing", "invoicing", "charges")
@@ -73,6 +74,8 @@ def celery_config(conf: Settings) -> dict[str, Any]:
         "task_default_queue": "intake",
         "task_routes": TASK_ROUTES,
         "beat_schedule": beat_schedule(conf),
+        # Which scheduler beat uses and its lock (worker/beat.py).
+        **beat_config(conf),
         "imports": TASK_MODULES,
     }
 
