@@ -70,7 +70,7 @@ def celery_config(conf: Settings) -> dict[str, Any]:
         "result_expires": 24 * 3600,
         "enable_utc": True,
         "timezone": "UTC",
-        "task_queues": [Queue(name) for name in QUEUES],
+        "task_queues": [Queue(name, routing_key=name) for name in QUEUES],
         "task_default_queue": "intake",
         "task_routes": TASK_ROUTES,
         "beat_schedule": beat_schedule(conf),
