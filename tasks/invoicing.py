@@ -36,7 +36,6 @@ period.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import smtplib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -74,6 +73,7 @@ from models.invoicing_rules import (
 )
 from tasks.base import BillingTask, is_transient, send_after_commit, utcnow
 from worker.celery_app import app
+from worker.config import settings
 from worker.db import dialect_insert, unit_of_work
 
 ISSUED = "issued"
@@ -88,7 +88,7 @@ def template_environment() -> jinja2.Environment:
     from outside and must never become markup.
     """
     loaders: list[jinja2.BaseLoader] = []
-    custom = os.environ.get("BILLING_TEMPLATE_DIR")
+    custom = settings().template_dir
     if custom:
         loaders.append(jinja2.FileSystemLoader(custom))
     loaders.append(jinja2.PackageLoader("models", "templates"))
@@ -591,7 +591,7 @@ class SMTPSettings:
 @cache
 def smtp_settings() -> SMTPSettings | None:
     """The mailer's settings, read once; None when BILLING_SMTP_URL is not set (no mailer)."""
-    url = os.environ.get("BILLING_SMTP_URL")
+    url = settings().smtp_url
     return SMTPSettings.from_url(url) if url else None
 
 

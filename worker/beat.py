@@ -25,16 +25,14 @@ file in that folder so that only one run uses it.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
-from worker.config import Settings, _env_int
+from worker.config import Settings
 
 REDBEAT_SCHEDULER = "redbeat.RedBeatScheduler"
 PERSISTENT_SCHEDULER = "celery.beat:PersistentScheduler"
 
-DEFAULT_MAX_INTERVAL = 30
 SCHEDULE_FILE = "celerybeat-schedule"
 
 _REDIS_SCHEMES = ("redis://", "rediss://")
@@ -57,9 +55,8 @@ class BeatSettings:
 
 def beat_redis_url(conf: Settings) -> str | None:
     """The Redis that holds redbeat's schedule and lock, or None when there is no Redis."""
-    explicit = os.environ.get("BILLING_BEAT_REDIS_URL")
-    if explicit:
-        return explicit
+    if conf.beat_redis_url:
+        return conf.beat_redis_url
     for url in (conf.broker_url, conf.result_backend):
         if url.startswith(_REDIS_SCHEMES):
             return url
@@ -67,11 +64,11 @@ def beat_redis_url(conf: Settings) -> str | None:
 
 
 def beat_settings(conf: Settings) -> BeatSettings:
-    max_interval = _env_int("BILLING_BEAT_MAX_INTERVAL", DEFAULT_MAX_INTERVAL)
+    max_interval = conf.beat_max_interval
     redis_url = beat_redis_url(conf)
     if redis_url is None:
         return BeatSettings(PERSISTENT_SCHEDULER, max_interval, None, None, None)
-    lock_timeout = _env_int("BILLING_BEAT_LOCK_TIMEOUT", 5 * max_interval)
+    lock_timeout = conf.beat_lock_timeout or 5 * max_interval
     if lock_timeout <= max_interval:
         raise ValueError(
             f"BILLING_BEAT_LOCK_TIMEOUT ({lock_timeout}) must be longer than "

@@ -44,6 +44,16 @@ class Settings:
     close_batch_size: int
     embedded_database: bool
     embedded_broker: bool
+    # Beat (see worker/beat.py): longest sleep between looks at the schedule, the redbeat
+    # lock's lifetime (None: five times the sleep) and the Redis holding it ("" = the
+    # broker's or result backend's Redis, if any).
+    beat_max_interval: int
+    beat_lock_timeout: int | None
+    beat_redis_url: str
+    # Invoices (see tasks/invoicing.py): the mailer's SMTP URL ("" = no mailer; the outbox
+    # keeps the notifications) and a folder of custom templates ("" = packaged ones only).
+    smtp_url: str
+    template_dir: str
 
     @property
     def broker_folder(self) -> Path:
@@ -116,6 +126,15 @@ def load_settings() -> Settings:
         close_batch_size=_env_int("BILLING_CLOSE_BATCH", 2000),
         embedded_database=embedded_database,
         embedded_broker=embedded_broker,
+        beat_max_interval=_env_int("BILLING_BEAT_MAX_INTERVAL", 30),
+        beat_lock_timeout=(
+            _env_int("BILLING_BEAT_LOCK_TIMEOUT", 1)
+            if os.environ.get("BILLING_BEAT_LOCK_TIMEOUT", "").strip()
+            else None
+        ),
+        beat_redis_url=os.environ.get("BILLING_BEAT_REDIS_URL", ""),
+        smtp_url=os.environ.get("BILLING_SMTP_URL", ""),
+        template_dir=os.environ.get("BILLING_TEMPLATE_DIR", ""),
     )
 
 
