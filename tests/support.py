@@ -59,6 +59,22 @@ def wait_for(
         time.sleep(interval)
 
 
+def spawn_logged(
+    command: Sequence[str], *, log_path: Path, env: dict[str, str]
+) -> subprocess.Popen[bytes]:
+    """Start `command` from the repository root in a session of its own (so a test can
+    signal or kill its whole process group), appending its output to `log_path`."""
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            list(command),
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 def worker_command(
     name: str, *, queues: Sequence[str] = QUEUES, concurrency: int = 2, pool: str = "prefork"
 ) -> list[str]:
@@ -99,16 +115,7 @@ class WorkerProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, *, timeout: float = 60.0) -> None:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            self.command,
-            cwd=REPO_ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
+        self.process = spawn_logged(self.command, log_path=self.log_path, env=self.env)
         try:
             wait_for(self._answers_ping, timeout=timeout, interval=0.5, what="worker ready")
         except AssertionError:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REDIS_PREFIX
-from tests.support import REPO_ROOT, wait_for
+from tests.support import spawn_logged, wait_for
 from worker.commands import beat_arguments, compose_command
 
 pytestmark = pytest.mark.functional
@@ -31,15 +30,11 @@ SENT = "Sending due task close-due-periods"
 class Beat:
     def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
         self.log_path = log_dir / f"{name}.log"
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", *compose_command(beat_arguments())],
-                cwd=REPO_ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.process = spawn_logged(
+            [sys.executable, "-m", *compose_command(beat_arguments())],
+            log_path=self.log_path,
+            env=env,
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

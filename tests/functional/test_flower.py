@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import REPO_ROOT, wait_for
+from tests.support import REPO_ROOT, spawn_logged, wait_for
 from worker.commands import compose_command, flower_arguments
 
 pytestmark = pytest.mark.functional
@@ -47,15 +47,9 @@ class Flower:
             *compose_command(flower_arguments(port=self.port)),
             "--address=127.0.0.1",
         ]
-        with log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                command,
-                cwd=REPO_ROOT,
-                env={**os.environ, "FLOWER_BASIC_AUTH": LOGIN},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.process = spawn_logged(
+            command, log_path=log_path, env={**os.environ, "FLOWER_BASIC_AUTH": LOGIN}
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -26,7 +26,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from tests.conftest import ADMIN_DATABASE_URL, REDIS_PREFIX, TEST_DATABASE
-from tests.support import REPO_ROOT, create_database, drop_database, wait_for
+from tests.support import REPO_ROOT, create_database, drop_database, spawn_logged, wait_for
 
 pytestmark = pytest.mark.functional
 
@@ -39,15 +39,7 @@ class BillingRun:
     def __init__(self, env: dict[str, str], log_path: Path, *args: str) -> None:
         self.env = env
         self.log_path = log_path
-        with log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [BILLING, "run", *args],
-                cwd=REPO_ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.process = spawn_logged([BILLING, "run", *args], log_path=log_path, env=env)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
