@@ -2,7 +2,8 @@
 
 `close_due` finds every active customer whose current period has ended
 (`current_period_end <= now`), records the closed period, advances the customer by exactly
-one period and, after each batch commits, queues invoice generation for what it closed.
+one period and, after each batch commits, queues invoice generation for what it closed
+(sent by a background thread while the next batch is written; see `BackgroundSender`).
 A customer several periods behind is claimed again by a later batch of the same run, so
 missed periods close separately and in order.
 
@@ -36,7 +37,7 @@ from sqlalchemy.orm import Session
 from models import ClosedPeriod, Customer, CustomerStatus
 from models.closing_rules import Advance, GroupedPeriods
 from models.intake import parse_instant
-from tasks.base import BillingTask, send_after_commit
+from tasks.base import BackgroundSender, BillingTask
 from worker.celery_app import app
 from worker.config import settings
 from worker.db import unit_of_work
@@ -101,28 +102,31 @@ def close_due(
     # A customer whose stored period the engine refuses (data no intake would write) is
     # logged and left alone for the rest of the run, so it cannot stop everyone else's close.
     unclosable: set[int] = set()
-    while True:
-        claimed = session.execute(_claim_due(now, batch_size, unclosable)).all()
-        if not claimed:
-            break
-        steps = []
-        for row in claimed:
-            customer_id, rule, tz, created, start, end = row
-            try:
-                steps.append((row, groups.advance(rule, created, tz, start, end)))
-            except ValueError as exc:
-                logger.error("customer %s cannot be closed: %s", customer_id, exc)
-                unclosable.add(customer_id)
-        closed = write(session, steps, groups, now) if steps else {}
-        closed_ids = sorted(i for ids in closed.values() for i in ids)
-        summary.batches += 1
-        summary.advanced += len(steps)
-        summary.closed += len(closed_ids)
-        summary.already_closed += len(steps) - len(closed_ids)
-        summary.by_boundary.update({key: len(ids) for key, ids in closed.items()})
-        summary.invoice_messages += _queue_invoices(session, closed_ids, invoice_batch)
-        session.commit()
-    session.commit()  # release the (empty) claim transaction
+    with BackgroundSender() as sender:
+        while True:
+            claimed = session.execute(_claim_due(now, batch_size, unclosable)).all()
+            if not claimed:
+                break
+            steps = []
+            for row in claimed:
+                customer_id, rule, tz, created, start, end = row
+                try:
+                    steps.append((row, groups.advance(rule, created, tz, start, end)))
+                except ValueError as exc:
+                    logger.error("customer %s cannot be closed: %s", customer_id, exc)
+                    unclosable.add(customer_id)
+            closed = write(session, steps, groups, now) if steps else {}
+            closed_ids = sorted(i for ids in closed.values() for i in ids)
+            summary.batches += 1
+            summary.advanced += len(steps)
+            summary.closed += len(closed_ids)
+            summary.already_closed += len(steps) - len(closed_ids)
+            summary.by_boundary.update({key: len(ids) for key, ids in closed.items()})
+            summary.invoice_messages += _queue_invoices(session, sender, closed_ids, invoice_batch)
+            # The previous batch's messages went out while this batch was being written.
+            sender.wait()
+            session.commit()
+        session.commit()  # release the (empty) claim transaction
     summary.period_computations = groups.computations
     summary.unclosable = len(unclosable)
     return summary
@@ -312,33 +316,37 @@ def reconcile(
     invoice_batch = invoice_batch_size or settings().invoice_batch_size
     cutoff = now - older_than
     summary = ReconcileSummary()
-    while True:
-        stale = (
-            select(ClosedPeriod.id)
-            .where(~ClosedPeriod.invoiced, ClosedPeriod.invoice_enqueued_at < cutoff)
-            .order_by(ClosedPeriod.invoice_enqueued_at)
-            .limit(batch_size)
-            .with_for_update(skip_locked=True, key_share=True)  # see _claim_due
-            .scalar_subquery()
-        )
-        ids = session.scalars(
-            update(ClosedPeriod)
-            .where(ClosedPeriod.id.in_(stale))
-            .values(invoice_enqueued_at=now)
-            .returning(ClosedPeriod.id)
-        ).all()
-        if not ids:
-            break
-        summary.requeued += len(ids)
-        summary.invoice_messages += _queue_invoices(session, sorted(ids), invoice_batch)
+    with BackgroundSender() as sender:
+        while True:
+            stale = (
+                select(ClosedPeriod.id)
+                .where(~ClosedPeriod.invoiced, ClosedPeriod.invoice_enqueued_at < cutoff)
+                .order_by(ClosedPeriod.invoice_enqueued_at)
+                .limit(batch_size)
+                .with_for_update(skip_locked=True, key_share=True)  # see _claim_due
+                .scalar_subquery()
+            )
+            ids = session.scalars(
+                update(ClosedPeriod)
+                .where(ClosedPeriod.id.in_(stale))
+                .values(invoice_enqueued_at=now)
+                .returning(ClosedPeriod.id)
+            ).all()
+            if not ids:
+                break
+            summary.requeued += len(ids)
+            summary.invoice_messages += _queue_invoices(session, sender, sorted(ids), invoice_batch)
+            sender.wait()
+            session.commit()
         session.commit()
-    session.commit()
     return summary
 
 
-def _queue_invoices(session: Session, closed_ids: Sequence[int], chunk: int) -> int:
+def _queue_invoices(
+    session: Session, sender: BackgroundSender, closed_ids: Sequence[int], chunk: int
+) -> int:
     """Queue invoice generation for `closed_ids`, `chunk` per message, after the commit."""
-    messages = 0
+    signatures = []
     for offset in range(0, len(closed_ids), chunk):
         ids = list(closed_ids[offset : offset + chunk])
         # A short argsrepr for Flower and the logs; Celery's own repr of hundreds of ids
@@ -347,9 +355,9 @@ def _queue_invoices(session: Session, closed_ids: Sequence[int], chunk: int) -> 
         signature = app.signature(
             GENERATE_INVOICES, args=[ids], queue=INVOICING_QUEUE, argsrepr=argsrepr
         )
-        send_after_commit(session, signature)
-        messages += 1
-    return messages
+        signatures.append(signature)
+    sender.send_after_commit(session, signatures)
+    return len(signatures)
 
 
 def _require_aware(now: dt.datetime) -> None:
