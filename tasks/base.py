@@ -6,12 +6,21 @@ a bug and fails loudly. Expected business outcomes ("rejected", "already closed"
 return values of the services, never exceptions, so they are never retried.
 
 `send_after_commit` queues a follow-up task only once the transaction that justifies it
-has committed.
+has committed. A job that commits in batches and queues many follow-ups per batch uses a
+`BackgroundSender`: each batch's messages are handed, after its commit, to one sending
+thread while the job goes on with its next batch.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import queue
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from types import TracebackType
 from typing import Any
 
 from celery import Task
@@ -23,6 +32,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from worker.db import after_commit
+
+logger = logging.getLogger(__name__)
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OperationalError,
@@ -85,3 +96,101 @@ def utcnow() -> dt.datetime:
 def send_after_commit(session: Session, signature: Signature) -> None:
     """Queue `signature` once `session`'s transaction commits; never if it rolls back."""
     after_commit(session, signature.apply_async)
+
+
+@dataclass(frozen=True)
+class Parent:
+    """The worker task that sends follow-ups, as `send_task` sees it in the task's own
+    thread (task and request are thread-local): another thread must be told."""
+
+    id: str
+    root_id: str
+    children: list[Any] | None  # the task's result trail, if it keeps one
+
+    @classmethod
+    def of_current_task(cls, app: Any) -> Parent | None:
+        task = app.current_worker_task
+        if task is None:
+            return None
+        request = task.request
+        return cls(
+            request.id, request.root_id or request.id, request.children if task.trail else None
+        )
+
+
+def publish(signatures: Sequence[Signature], parent: Parent | None = None) -> None:
+    """Send `signatures` now, through one producer taken from the app's pool for all of them,
+    as children of `parent`."""
+    if not signatures:
+        return
+    options = {} if parent is None else {"parent_id": parent.id, "root_id": parent.root_id}
+    with signatures[0].app.producer_or_acquire() as producer:
+        for signature in signatures:
+            result = signature.apply_async(producer=producer, **options)
+            if parent is not None and parent.children is not None:
+                parent.children.append(result)
+
+
+class BackgroundSender:
+    """One thread that sends a batched job's follow-up messages while the job goes on.
+
+    `send_after_commit(session, signatures)` hands the messages to the thread once the
+    session's transaction commits (never if it rolls back), and the job goes on with its
+    next batch while they are sent. `wait()`, which the job calls before its next commit,
+    waits until everything handed over is sent and raises what sending raised, so:
+
+    - at most one committed batch's messages are ever unsent (what a synchronous send
+      after each commit would leave if the process died), and memory stays one batch;
+    - a broker outage still fails the job, at the latest before its next commit, as the
+      transient error a retry is for.
+
+    Used as a context manager: leaving it waits for the last batch's messages, and raises a
+    send error unless the job is already failing with its own error.
+    """
+
+    def __init__(self) -> None:
+        self._handed_over: queue.Queue[tuple[list[Signature], Parent | None] | None] = queue.Queue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="billing-sender", daemon=True)
+
+    def __enter__(self) -> BackgroundSender:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._handed_over.put(None)
+        self._thread.join()
+        if self._error is not None and self._error is not exc:
+            if exc is None:
+                raise self._error
+            logger.error("sending follow-up messages failed as well: %r", self._error)
+
+    def send_after_commit(self, session: Session, signatures: Sequence[Signature]) -> None:
+        """Send `signatures` from the thread once `session`'s transaction commits."""
+        if signatures:
+            parent = Parent.of_current_task(signatures[0].app)
+            after_commit(session, partial(self._handed_over.put, (list(signatures), parent)))
+
+    def wait(self) -> None:
+        """Return once every message handed over is sent; raise if sending one failed."""
+        self._handed_over.join()
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        while True:
+            handed_over = self._handed_over.get()
+            try:
+                if handed_over is None:
+                    return
+                if self._error is None:  # after a failure, only drain (the job will raise)
+                    publish(*handed_over)
+            except BaseException as exc:  # handed to the job's thread, which raises it
+                self._error = exc
+            finally:
+                self._handed_over.task_done()

@@ -9,9 +9,10 @@ opens exactly one scope per job:
 Follow-up Celery messages are registered with `after_commit(session, fn)` and sent only
 once the transaction that justifies them has committed; a rolled-back transaction sends
 nothing. A long job may commit in steps (`session.commit()` after each batch, so a crash
-loses at most one batch): the follow-ups registered before each commit are sent right
-after it. A send that fails after the commit is healed by the reconcile step, because the
-database, not the message, is the source of truth.
+loses at most one batch): the follow-ups registered before each commit are sent (or
+handed to a sending thread, `tasks.base.BackgroundSender`) right after it. A send that
+fails after the commit is healed by the reconcile step, because the database, not the
+message, is the source of truth.
 """
 
 from __future__ import annotations
@@ -88,13 +89,18 @@ def _drop_after_commit(session: Session) -> None:
     session.info.pop(_AFTER_COMMIT, None)
 
 
+def run_after_commit_callbacks(session: Session) -> None:
+    """Make `session` run its `after_commit` callbacks (`unit_of_work` sessions already do)."""
+    event.listen(session, "after_commit", _run_after_commit)
+    event.listen(session, "after_rollback", _drop_after_commit)
+
+
 @contextmanager
 def unit_of_work(factory: sessionmaker[Session] | None = None) -> Iterator[Session]:
     """One session; commit on success, rolled back on error. After every commit (the final
     one, or one the job makes between batches) the callbacks registered before it run."""
     with (factory or session_factory())() as session:
-        event.listen(session, "after_commit", _run_after_commit)
-        event.listen(session, "after_rollback", _drop_after_commit)
+        run_after_commit_callbacks(session)
         yield session
         session.commit()
 

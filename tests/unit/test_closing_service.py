@@ -12,18 +12,18 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-import tasks.closing
+import tasks.base
 from models import Base, ClosedPeriod, Customer, Invoice
 from models.periods import Period, next_period, period_containing
 from tasks.closing import close_due, parse_as_of, reconcile
 from tests.factories import make_customer
-from worker.db import make_engine
+from worker.db import make_engine, run_after_commit_callbacks
 
 UTC = dt.UTC
 
 
 class Sent(list):  # type: ignore[type-arg]
-    """The invoice signatures the service registered to send after commit."""
+    """The invoice signatures the service's sending thread published after each commit."""
 
     @property
     def ids(self) -> list[int]:
@@ -33,22 +33,24 @@ class Sent(list):  # type: ignore[type-arg]
 @pytest.fixture
 def sent(monkeypatch) -> Sent:
     recorded = Sent()
-    monkeypatch.setattr(
-        tasks.closing, "send_after_commit", lambda _session, sig: recorded.append(sig)
-    )
+    monkeypatch.setattr(tasks.base, "publish", lambda sigs, _parent: recorded.extend(sigs))
     return recorded
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
 def session(request, tmp_path) -> Iterator[Session]:
-    """A session on PostgreSQL (the production path) or SQLite (the embedded default)."""
+    """A session on PostgreSQL (the production path) or SQLite (the embedded default) that
+    runs its after-commit callbacks, as the task's `unit_of_work` session does."""
     if request.param == "postgresql":
         request.getfixturevalue("clean_db")  # the close sees every due customer committed
-        yield request.getfixturevalue("db_session")
+        db_session = request.getfixturevalue("db_session")
+        run_after_commit_callbacks(db_session)
+        yield db_session
         return
     engine = make_engine(f"sqlite:///{tmp_path / 'billing.sqlite3'}")
     Base.metadata.create_all(engine)
     with Session(engine) as sqlite_session:
+        run_after_commit_callbacks(sqlite_session)
         yield sqlite_session
     engine.dispose()
 
