@@ -168,6 +168,21 @@ class Ledger:
         self.engine.dispose()
 
 
+def wait_until_closed_and_invoiced(database_url: str, run: Any) -> int:
+    """Wait for the run to have closed periods and issued an invoice for each; their count."""
+    ledger = Ledger(database_url)
+    try:
+        closed, _ = wait_for(
+            ledger.every_closed_period_invoiced,
+            timeout=60,
+            interval=0.5,
+            what=f"periods closed and invoiced:\n{run.log()[-3000:]}",
+        )
+    finally:
+        ledger.close()
+    return int(closed)
+
+
 def test_billing_run_on_the_embedded_default_closes_and_invoices_then_stops_on_ctrl_c(
     runs, tmp_path
 ) -> None:
@@ -206,16 +221,7 @@ def test_billing_run_on_the_embedded_default_closes_and_invoices_then_stops_on_c
     assert f"schedule in {data_dir / 'celerybeat-schedule'}" in banner
     assert "Ctrl-C" in banner
 
-    ledger = Ledger(database_url)
-    try:
-        closed, _ = wait_for(
-            ledger.every_closed_period_invoiced,
-            timeout=60,
-            interval=0.5,
-            what=f"periods closed and invoiced at start:\n{run.log()[-3000:]}",
-        )
-    finally:
-        ledger.close()
+    closed = wait_until_closed_and_invoiced(database_url, run)
     assert closed >= 20  # January 2025 to now, monthly
     # The close ran at start, not an interval later: beat has not sent one.
     assert "Sending due task close-due-periods" not in run.log()
@@ -280,16 +286,7 @@ def test_billing_run_on_postgresql_and_redis_migrates_beats_closes_and_stops_on_
         )
         assert "created: 1" in enqueued
 
-        ledger = Ledger(database_url)
-        try:
-            closed, _ = wait_for(
-                ledger.every_closed_period_invoiced,
-                timeout=60,
-                interval=0.5,
-                what=f"periods closed and invoiced:\n{run.log()[-3000:]}",
-            )
-        finally:
-            ledger.close()
+        closed = wait_until_closed_and_invoiced(database_url, run)
         assert closed >= 20
         assert "Sending due task close-due-periods" in run.log()
 
