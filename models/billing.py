@@ -28,18 +28,20 @@ _PENDING = text("status = 'pending'")
 class Charge(Base):
     """A service used at an instant, in the customer's currency.
 
-    Idempotent per (customer, idempotency key). `invoice_id` is set when an invoice takes
-    the charge, so each charge is invoiced once.
+    Idempotent per (reseller, idempotency key): `reseller_id` is the customer's, copied so
+    the key's scope is a constraint. `invoice_id` is set when an invoice takes the charge,
+    so each charge is invoiced once.
     """
 
     __tablename__ = "charges"
     __table_args__ = (
-        UniqueConstraint("customer_id", "idempotency_key"),
+        UniqueConstraint("reseller_id", "idempotency_key"),
         CheckConstraint("amount > 0", name="amount_positive"),
         Index("ix_charges_customer_occurred", "customer_id", "occurred_at"),
     )
 
     id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
+    reseller_id: Mapped[int] = mapped_column(ForeignKey("resellers.id"))
     customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"))
     amount: Mapped[Decimal] = mapped_column(Money())
     currency: Mapped[str] = mapped_column(String(3))
@@ -51,15 +53,16 @@ class Charge(Base):
 
 
 class Payment(Base):
-    """A payment (postpaid) or top-up (prepaid). Idempotent per (customer, key)."""
+    """A payment (postpaid) or top-up (prepaid). Idempotent per (reseller, key)."""
 
     __tablename__ = "payments"
     __table_args__ = (
-        UniqueConstraint("customer_id", "idempotency_key"),
+        UniqueConstraint("reseller_id", "idempotency_key"),
         CheckConstraint("amount > 0", name="amount_positive"),
     )
 
     id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
+    reseller_id: Mapped[int] = mapped_column(ForeignKey("resellers.id"))
     customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
     amount: Mapped[Decimal] = mapped_column(Money())
     currency: Mapped[str] = mapped_column(String(3))

@@ -1,6 +1,9 @@
 """The catalog a reseller's panel defines: resellers, business models, customer classes.
 
 Loaded from a YAML/JSON file (`billing catalog load`); customers refer to these by name.
+The reseller is the tenant: business models and customer classes belong to one reseller,
+and their names are unique within it by `name_key` (see `models.names`); reseller names are
+unique by key too, so `acme` and `ACME` are one reseller.
 """
 
 from __future__ import annotations
@@ -9,10 +12,11 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, Integer, String, Text, func
+from sqlalchemy import JSON, CheckConstraint, ForeignKey, Integer, String, Text, UniqueConstraint, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, BigIntKey, Rate, UTCDateTime
+from models.names import MAX_KEY_LENGTH
 
 
 class Reseller(Base):
@@ -21,7 +25,8 @@ class Reseller(Base):
     __tablename__ = "resellers"
 
     id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
-    name: Mapped[str] = mapped_column(String(100), unique=True)
+    name: Mapped[str] = mapped_column(String(100))
+    name_key: Mapped[str] = mapped_column(String(MAX_KEY_LENGTH), unique=True)
     display_name: Mapped[str] = mapped_column(String(200), default="")
     # The last invoice number handed out. Taken with `UPDATE … RETURNING` inside the
     # transaction that finalizes the invoice, so a rollback gives the number back.
@@ -35,9 +40,12 @@ class BusinessModel(Base):
     """Which service is provided: hosted IP PBX, internet access, …"""
 
     __tablename__ = "business_models"
+    __table_args__ = (UniqueConstraint("reseller_id", "name_key"),)
 
     id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
-    name: Mapped[str] = mapped_column(String(100), unique=True)
+    reseller_id: Mapped[int] = mapped_column(ForeignKey("resellers.id"))
+    name: Mapped[str] = mapped_column(String(100))
+    name_key: Mapped[str] = mapped_column(String(MAX_KEY_LENGTH))
     service_type: Mapped[str] = mapped_column(String(50))
     description: Mapped[str] = mapped_column(Text, default="")
 
@@ -53,10 +61,13 @@ class CustomerClass(Base):
     __table_args__ = (
         CheckConstraint("grace_period_days >= 0", name="grace_period_non_negative"),
         CheckConstraint("tax_rate >= 0", name="tax_rate_non_negative"),
+        UniqueConstraint("reseller_id", "name_key"),
     )
 
     id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
-    name: Mapped[str] = mapped_column(String(100), unique=True)
+    reseller_id: Mapped[int] = mapped_column(ForeignKey("resellers.id"))
+    name: Mapped[str] = mapped_column(String(100))
+    name_key: Mapped[str] = mapped_column(String(MAX_KEY_LENGTH))
     grace_period_days: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     invoice_template: Mapped[str] = mapped_column(String(100), default="default.html")
     tax_name: Mapped[str] = mapped_column(String(50), default="Tax")

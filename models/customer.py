@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     String,
+    UniqueConstraint,
     false,
     func,
     text,
@@ -23,6 +24,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from models.base import Base, BigIntKey, Money, UTCDateTime
 from models.catalog import BusinessModel, CustomerClass, Reseller
+from models.names import MAX_KEY_LENGTH
 
 # Partial-index condition (PostgreSQL and SQLite both support it).
 _ACTIVE = text("status = 'active'")
@@ -69,11 +71,17 @@ class Customer(Base):
             name="credit_limit_postpaid_only",
         ),
         CheckConstraint("current_period_start < current_period_end", name="period_not_empty"),
+        # Names are unique per reseller by their normalised key; the index, not a check
+        # before insert, enforces it, so two workers racing on one name make one customer.
+        UniqueConstraint("reseller_id", "name_key"),
+        # One customer per intake idempotency key within a reseller (a replay returns it).
+        UniqueConstraint("reseller_id", "intake_key"),
     )
 
     id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
-    reseller_id: Mapped[int] = mapped_column(ForeignKey("resellers.id"), index=True)
+    reseller_id: Mapped[int] = mapped_column(ForeignKey("resellers.id"))
     name: Mapped[str] = mapped_column(String(100))
+    name_key: Mapped[str] = mapped_column(String(MAX_KEY_LENGTH))
     business_model_id: Mapped[int] = mapped_column(ForeignKey("business_models.id"))
     customer_class_id: Mapped[int] = mapped_column(ForeignKey("customer_classes.id"))
     billing_period: Mapped[str] = mapped_column(String(32))
@@ -91,8 +99,7 @@ class Customer(Base):
     created_local_date: Mapped[dt.date] = mapped_column(Date)
     current_period_start: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     current_period_end: Mapped[dt.datetime] = mapped_column(UTCDateTime())
-    # One customer per intake idempotency key; a repeated key returns this customer.
-    intake_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    intake_key: Mapped[str | None] = mapped_column(String(200))
     stored_at: Mapped[dt.datetime] = mapped_column(
         UTCDateTime(), server_default=func.current_timestamp()
     )
@@ -101,7 +108,3 @@ class Customer(Base):
     business_model: Mapped[BusinessModel] = relationship(lazy="raise")
     customer_class: Mapped[CustomerClass] = relationship(lazy="raise")
 
-
-# Names are unique case-insensitively; the index, not a check before insert, enforces it,
-# so two workers racing on the same name produce exactly one customer.
-Index("uq_customers_name_lower", func.lower(Customer.name), unique=True)

@@ -12,6 +12,21 @@ target_metadata = models.Base.metadata
 
 
 def _run(connection: Connection) -> None:
+    # SQLite rebuilds a table (batch mode) by copying it and dropping the original, which
+    # foreign key enforcement forbids while other tables refer to it; the pragma only takes
+    # effect outside a transaction. Revisions that rebuild tables check every reference
+    # themselves (`PRAGMA foreign_key_check`) before their transaction ends.
+    sqlite = connection.dialect.name == "sqlite" and not connection.in_transaction()
+    if sqlite:
+        connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")  # type: ignore[union-attr]
+    try:
+        _migrate(connection)
+    finally:
+        if sqlite:
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys=ON")  # type: ignore[union-attr]
+
+
+def _migrate(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
