@@ -82,12 +82,13 @@ def seed(engine, n: int, as_of: dt.datetime) -> int:  # type: ignore[no-untyped-
     with engine.begin() as conn:
         conn.execute(
             text(
-                "INSERT INTO resellers (id, name, display_name) VALUES (1, 'bench', 'Bench');"
-                "INSERT INTO business_models (id, name, service_type, description)"
-                " VALUES (1, 'Bench', 'voice', '');"
-                "INSERT INTO customer_classes (id, name, invoice_template, tax_name, tax_rate,"
-                " notification_emails, custom_fields)"
-                " VALUES (1, 'Bench', 'default', 'VAT', 0, '[]', '[]')"
+                "INSERT INTO resellers (id, name, name_key, display_name)"
+                " VALUES (1, 'bench', 'bench', 'Bench');"
+                "INSERT INTO business_models (id, reseller_id, name, name_key, service_type,"
+                " description) VALUES (1, 1, 'Bench', 'bench', 'voice', '');"
+                "INSERT INTO customer_classes (id, reseller_id, name, name_key, invoice_template,"
+                " tax_name, tax_rate, notification_emails, custom_fields)"
+                " VALUES (1, 1, 'Bench', 'bench', 'default', 'VAT', 0, '[]', '[]')"
             )
         )
         conn.execute(
@@ -100,11 +101,11 @@ def seed(engine, n: int, as_of: dt.datetime) -> int:  # type: ignore[no-untyped-
                     ) AS p(rule, tz, created, start_at, end_at)
                 )
                 INSERT INTO customers (
-                    reseller_id, name, business_model_id, customer_class_id, billing_period,
-                    billing_timezone, balance_control, currency, custom_data, created_at,
-                    created_local_date, current_period_start, current_period_end
+                    reseller_id, name, name_key, business_model_id, customer_class_id,
+                    billing_period, billing_timezone, balance_control, currency, custom_data,
+                    created_at, created_local_date, current_period_start, current_period_end
                 )
-                SELECT 1, 'bench customer ' || g, 1, 1, p.rule, p.tz, 'prepaid', 'USD', '{}',
+                SELECT 1, 'bench customer ' || g, 'bench customer ' || g, 1, 1, p.rule, p.tz, 'prepaid', 'USD', '{}',
                        p.created::timestamp AT TIME ZONE p.tz, p.created, p.start_at, p.end_at
                 FROM generate_series(0, :n - 1) AS g JOIN p ON p.k = g % :profiles
                 """

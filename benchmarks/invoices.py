@@ -60,6 +60,7 @@ def seed(n: int, charges: int, tag: str) -> list[int]:
     from sqlalchemy import insert, select
 
     from models import Charge, ClosedPeriod, Customer
+    from models.names import name_key
     from tests.factories import get_or_create_catalog
     from worker.db import unit_of_work
 
@@ -76,6 +77,7 @@ def seed(n: int, charges: int, tag: str) -> list[int]:
                 {
                     "reseller_id": reseller.id,
                     "name": f"{tag} customer {i}",
+                    "name_key": name_key(f"{tag} customer {i}"),
                     "business_model_id": business_model.id,
                     "customer_class_id": customer_class.id,
                     "billing_period": "monthly",
@@ -98,6 +100,7 @@ def seed(n: int, charges: int, tag: str) -> list[int]:
             insert(Charge),
             [
                 {
+                    "reseller_id": reseller.id,
                     "customer_id": cid,
                     "amount": Decimal(137 + 11 * j).scaleb(-2),
                     "currency": "USD",

@@ -1,35 +1,41 @@
-"""The catalog file: resellers, business models and customer classes, as YAML or JSON.
+"""The catalog file: resellers with their business models and customer classes, YAML or JSON.
 
 Pure parsing and validation, no I/O: `parse_catalog(text)` returns a `CatalogFile` or raises
 `CatalogFileError` carrying every problem at once, each `{"field", "code", "message"}` with
-`field` a path such as `customer_classes[1].tax_rate`.
+`field` a path such as `resellers[0].customer_classes[1].tax_rate`.
 
     resellers:
-      - name: acme                    # how intake payloads refer to it (unique)
+      - name: acme                    # how intake payloads refer to it (unique, any case)
         display_name: ACME Telecom    # optional
-    business_models:
-      - name: Hosted IP PBX           # unique
-        service_type: voice
-        description: Cloud PBX seats  # optional
-    customer_classes:
-      - name: Business                # unique
-        grace_period_days: 15         # optional, default 0
-        invoice_template: default.html
-        tax_name: VAT                 # optional, default "Tax"
-        tax_rate: "0.20"              # a fraction: 0.20 is 20 %; optional, default 0
-        notification_emails: [billing@acme.example]
-        custom_fields:
-          - {name: tax_code, type: string, mandatory: true}
+        business_models:              # this reseller's own
+          - name: Hosted IP PBX       # unique within the reseller
+            service_type: voice
+            description: Cloud PBX seats  # optional
+        customer_classes:             # this reseller's own
+          - name: Business            # unique within the reseller
+            grace_period_days: 15     # optional, default 0
+            invoice_template: default.html
+            tax_name: VAT             # optional, default "Tax"
+            tax_rate: "0.20"          # a fraction: 0.20 is 20 %; optional, default 0
+            notification_emails: [billing@acme.example]
+            custom_fields:
+              - {name: tax_code, type: string, mandatory: true}
 
-Each section is optional. `tax_rate` is best written as a string; a plain YAML/JSON number
-is accepted and read as the digits it was written with (0.2 is "0.2", never a binary float).
-Custom field types are `models.intake.CUSTOM_FIELD_TYPES`.
+Business models and customer classes belong to their reseller: two resellers may each have
+a class "Business" with its own tax and notification list, and neither sees the other's.
+Names are unique ignoring case and Unicode form (`models.names.name_key`). The older flat
+file (top-level `business_models` / `customer_classes`) is refused with a message saying how
+to nest it. `tax_rate` is best written as a string; a plain YAML/JSON number is accepted and
+read as the digits it was written with (0.2 is "0.2", never a binary float). Custom field
+types are `models.intake.CUSTOM_FIELD_TYPES`. `check_templates` refuses classes naming an
+invoice template that does not exist.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Collection
 from decimal import Decimal
 from typing import Annotated, Any, Final
 
@@ -45,6 +51,7 @@ from models.intake import (
     is_email,
     parse_decimal_text,
 )
+from models.names import name_key
 
 MAX_CATALOG_BYTES: Final = 4 * 1024 * 1024
 TAX_RATE_PLACES: Final = 6  # models.base.Rate()
@@ -132,11 +139,6 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-class ResellerSpec(_Strict):
-    name: Name
-    display_name: Annotated[str, Field(max_length=200), AfterValidator(_name)] | None = None
-
-
 class BusinessModelSpec(_Strict):
     name: Name
     service_type: Annotated[str, Field(max_length=50), AfterValidator(_name)]
@@ -169,10 +171,15 @@ class CustomerClassSpec(_Strict):
         return [f.as_custom_field().as_json() for f in self.custom_fields]
 
 
+class ResellerSpec(_Strict):
+    name: Name
+    display_name: Annotated[str, Field(max_length=200), AfterValidator(_name)] | None = None
+    business_models: Annotated[list[BusinessModelSpec], Field(max_length=1000)] = []
+    customer_classes: Annotated[list[CustomerClassSpec], Field(max_length=1000)] = []
+
+
 class CatalogFile(_Strict):
     resellers: list[ResellerSpec] = []
-    business_models: list[BusinessModelSpec] = []
-    customer_classes: list[CustomerClassSpec] = []
 
 
 def _path(loc: tuple[int | str, ...]) -> str:
@@ -207,38 +214,80 @@ def _problems(error: ValidationError) -> list[Problem]:
     return list(problems.values())
 
 
-def _duplicates(catalog: CatalogFile) -> list[Problem]:
+def _duplicate_names(section: str, entries: Collection[Any], what: str) -> list[Problem]:
+    """Entries of one list whose names share a key (the database would keep only one)."""
     problems = []
-    sections: dict[str, list[Any]] = {
-        "resellers": list(catalog.resellers),
-        "business_models": list(catalog.business_models),
-        "customer_classes": list(catalog.customer_classes),
-    }
-    for section, entries in sections.items():
-        seen: dict[str, int] = {}
-        for i, entry in enumerate(entries):
-            if entry.name in seen:
-                problems.append(
-                    Problem(
-                        f"{section}[{i}].name",
-                        "duplicate",
-                        f"{entry.name!r} is already defined at {section}[{seen[entry.name]}]",
-                    )
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        key = name_key(entry.name)
+        if key in seen:
+            problems.append(
+                Problem(
+                    f"{section}[{i}].name",
+                    "duplicate",
+                    f"{what} {entry.name!r} is already defined at {section}[{seen[key]}] "
+                    "(names are unique ignoring case)",
                 )
-            seen.setdefault(entry.name, i)
-    for i, cls in enumerate(catalog.customer_classes):
-        fields: set[str] = set()
-        for j, custom in enumerate(cls.custom_fields):
-            if custom.name in fields:
-                problems.append(
-                    Problem(
-                        f"customer_classes[{i}].custom_fields[{j}].name",
-                        "duplicate",
-                        f"custom field {custom.name!r} is defined twice in class {cls.name!r}",
-                    )
-                )
-            fields.add(custom.name)
+            )
+        seen.setdefault(key, i)
     return problems
+
+
+def _duplicates(catalog: CatalogFile) -> list[Problem]:
+    problems = _duplicate_names("resellers", catalog.resellers, "reseller")
+    for r, reseller in enumerate(catalog.resellers):
+        where = f"resellers[{r}]"
+        problems += _duplicate_names(
+            f"{where}.business_models", reseller.business_models, "business model"
+        )
+        problems += _duplicate_names(
+            f"{where}.customer_classes", reseller.customer_classes, "customer class"
+        )
+        for i, cls in enumerate(reseller.customer_classes):
+            fields: set[str] = set()
+            for j, custom in enumerate(cls.custom_fields):
+                if custom.name in fields:
+                    problems.append(
+                        Problem(
+                            f"{where}.customer_classes[{i}].custom_fields[{j}].name",
+                            "duplicate",
+                            f"custom field {custom.name!r} is defined twice in class {cls.name!r}",
+                        )
+                    )
+                fields.add(custom.name)
+    return problems
+
+
+def _flat_sections(data: dict[Any, Any]) -> list[Problem]:
+    """The older flat file: catalog lists at the top level, shared by every reseller."""
+    return [
+        Problem(
+            section,
+            "not_nested",
+            f"{section} now belong to a reseller: move this list under each reseller that "
+            f"uses it, as `resellers: [{{name: acme, {section}: [...]}}]` "
+            "(see examples/catalog.yaml)",
+        )
+        for section in ("business_models", "customer_classes")
+        if section in data
+    ]
+
+
+def check_templates(catalog: CatalogFile, available: Collection[str]) -> None:
+    """Raise CatalogFileError if a class names an invoice template that does not exist."""
+    problems = [
+        Problem(
+            f"resellers[{r}].customer_classes[{i}].invoice_template",
+            "unknown_template",
+            f"there is no invoice template {cls.invoice_template!r} "
+            f"(available: {', '.join(sorted(available)) or 'none'})",
+        )
+        for r, reseller in enumerate(catalog.resellers)
+        for i, cls in enumerate(reseller.customer_classes)
+        if cls.invoice_template not in available
+    ]
+    if problems:
+        raise CatalogFileError(problems)
 
 
 def validate_catalog(data: object) -> CatalogFile:
@@ -249,11 +298,13 @@ def validate_catalog(data: object) -> CatalogFile:
                 Problem(
                     None,
                     "not_an_object",
-                    "the catalog must be a mapping with resellers, business_models "
-                    "and customer_classes",
+                    "the catalog must be a mapping with a list of resellers",
                 )
             ]
         )
+    flat = _flat_sections(data)
+    if flat:
+        raise CatalogFileError(flat)
     try:
         catalog = CatalogFile.model_validate(data)
     except ValidationError as error:

@@ -107,4 +107,3 @@ class Customer(Base):
     reseller: Mapped[Reseller] = relationship(lazy="raise")
     business_model: Mapped[BusinessModel] = relationship(lazy="raise")
     customer_class: Mapped[CustomerClass] = relationship(lazy="raise")
-

@@ -27,8 +27,8 @@ Error codes:
 | `blank` | a text is empty after trimming |
 | `too_long` | a text is longer than allowed |
 | `control_characters` | a text contains control characters or line separators |
-| `name_taken` | another customer already has this name, ignoring case (from the service) |
-| `not_found` | no reseller / business model / customer class has this name |
+| `name_taken` | another customer of the same reseller has this name, ignoring case (service) |
+| `not_found` | no such reseller, or no such business model / class of the reseller |
 | `unknown_billing_period` | not one of the six billing-period rules |
 | `unknown_timezone` | not an exact IANA timezone name |
 | `invalid_choice` | `balance_control` is neither `prepaid` nor `postpaid` |
@@ -44,7 +44,7 @@ Error codes:
 | `invalid_datetime` | `created_at` is not an ISO-8601 instant with a UTC offset |
 | `in_future` | `created_at` is later than now |
 | `out_of_range` | `created_at` is before `EARLIEST_CREATED_AT` |
-| `idempotency_key_reused` | the key was used for a customer with another name (service) |
+| `idempotency_key_reused` | the reseller used the key for a customer with another name (service) |
 
 Money rules: `credit_limit` (postpaid only; absent means no limit) and `available_funds`
 (prepaid only; absent means zero, and a prepaid customer with zero funds starts blocked)
@@ -687,8 +687,11 @@ def finish_intake(draft: IntakeDraft, refs: CatalogRefs | None) -> Accepted | Re
         ("customer_class", customer_class, refs.customer_class_id),
     ):
         if name is not None and found is None:
+            if key != "reseller" and reseller is not None and refs.reseller_id is None:
+                continue  # the catalog is the reseller's: unknown reseller, nothing to look in
             label = key.replace("_", " ")
-            problems.append(Problem(key, "not_found", f"there is no {label} named {name!r}"))
+            where = "" if key == "reseller" else f" for reseller {reseller!r}"
+            problems.append(Problem(key, "not_found", f"there is no {label} named {name!r}{where}"))
     if customer_class is not None and refs.customer_class_id is not None:
         clean, custom_problems = check_custom_data(
             values.get("custom_data", {}), refs.custom_fields, class_name=customer_class

@@ -4,7 +4,7 @@
 normalise again (folding can produce sequences that are no longer in NFKC, e.g. a combining
 mark after a folded letter), so the key is stable: `name_key(name_key(x)) == name_key(x)`.
 
-    "Globex Corp", "GLOBEX CORP", "ｇｌｏｂｅｘ ｃｏｒｐ"   -> "globex corp"
+    "Globex Corp", "GLOBEX CORP", full-width "Globex" -> "globex corp" / "globex"
     "Straße", "STRASSE"                                -> "strasse"
     "Café" (precomposed), "Cafe\u0301" (combining)      -> "café"
     "ﬁne" (ligature)                                   -> "fine"

@@ -5,14 +5,20 @@ A charge (or a payment) is judged and applied while holding the customer's row l
 charges for one customer queue behind each other and no update is lost. The balance
 rules (credit limit, available funds, blocking) are in `models.invoicing_rules`.
 
-Idempotency: one charge (payment) per (customer, idempotency key), enforced by a unique
+Tenancy: a payload names its `reseller` (optional only while exactly one reseller exists),
+and the customer is looked up among that reseller's own (`tasks.queries`): by name key, or
+by id only if the id is the reseller's. Another reseller's customer is `unknown_customer`,
+exactly like one that does not exist.
+
+Idempotency: one charge (payment) per (reseller, idempotency key), enforced by a unique
 constraint. A replayed key returns the original outcome and writes nothing; a key reused
-with a different amount or instant is refused (`idempotency_conflict`). A refused charge
-stores nothing, so its key may be sent again later (after a top-up, say).
+with a different customer, amount or instant is refused (`idempotency_conflict`). A refused
+charge stores nothing, so its key may be sent again later (after a top-up, say).
 
 Refusals are results, never exceptions: `{"status": "refused", "errors": [{field, code,
 message}]}`. Codes: `invalid` / `required` / `unknown_field` (malformed payload),
-`unknown_currency`, `invalid_amount`, `unknown_customer`, `currency_mismatch`,
+`not_found` / `reseller_required` (reseller), `unknown_currency`, `invalid_amount`,
+`unknown_customer`, `currency_mismatch`,
 `customer_inactive` (charges only), `credit_limit_reached`, `insufficient_funds`,
 `idempotency_conflict`.
 """
@@ -29,6 +35,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from models import Charge, Customer, CustomerStatus, LedgerEntry, Payment
+from models.intake import Problem
 from models.invoicing_rules import (
     BalanceChange,
     Refusal,
@@ -38,6 +45,7 @@ from models.invoicing_rules import (
 )
 from models.money import MoneyError, check_currency, parse_amount, round_money
 from tasks.base import BillingTask, utcnow
+from tasks.queries import customer_by_id, customer_by_name, resolve_reseller
 from worker.celery_app import app
 from worker.db import dialect_insert, unit_of_work
 
@@ -47,6 +55,7 @@ Result = dict[str, Any]
 class _Movement(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
+    reseller: str | None = Field(default=None, min_length=1, max_length=100)
     customer: str | None = Field(default=None, min_length=1, max_length=100)
     customer_id: StrictInt | None = None
     amount: Any  # checked exactly by models.money.parse_amount (no floats)
@@ -129,14 +138,13 @@ def _parse(
     return errors or (data, amount)
 
 
-def _lock_customer(session: Session, data: _Movement) -> Customer | None:
-    """The customer row, locked until the transaction ends (concurrent changes queue here)."""
-    query = select(Customer).with_for_update().execution_options(populate_existing=True)
+def _lock_customer(session: Session, reseller_id: int, data: _Movement) -> Customer | None:
+    """The reseller's customer row, locked until the transaction ends (concurrent changes
+    queue here)."""
     if data.customer_id is not None:
-        query = query.where(Customer.id == data.customer_id)
-    else:
-        query = query.where(func.lower(Customer.name) == func.lower(data.customer))
-    return session.scalars(query).one_or_none()
+        return customer_by_id(session, reseller_id, data.customer_id, for_update=True)
+    assert data.customer is not None
+    return customer_by_name(session, reseller_id, data.customer, for_update=True)
 
 
 def _customer_errors(customer: Customer | None, data: _Movement) -> list[dict[str, str]]:
@@ -155,11 +163,11 @@ def _customer_errors(customer: Customer | None, data: _Movement) -> list[dict[st
 
 
 def _insert(session: Session, model: type[Charge] | type[Payment], values: dict[str, Any]) -> Any:
-    """INSERT … ON CONFLICT (customer, key) DO NOTHING RETURNING id (None on conflict)."""
+    """INSERT … ON CONFLICT (reseller, key) DO NOTHING RETURNING id (None on conflict)."""
     statement = (
         dialect_insert(session)(model)
         .values(**values)
-        .on_conflict_do_nothing(index_elements=["customer_id", "idempotency_key"])
+        .on_conflict_do_nothing(index_elements=["reseller_id", "idempotency_key"])
         .returning(model.id)
     )
     return session.execute(statement).scalar_one_or_none()
@@ -221,6 +229,16 @@ def _replay(
 ) -> Result:
     """The original outcome of an already recorded key, or a conflict if the payload differs."""
     existing_at = existing.occurred_at if isinstance(existing, Charge) else existing.received_at
+    if existing.customer_id != customer.id:
+        other = session.get(Customer, existing.customer_id)  # the same reseller's customer
+        return refused(
+            _error(
+                "idempotency_key",
+                "idempotency_conflict",
+                f"key {existing.idempotency_key!r} was already used for a {kind} of customer "
+                f"{other.name if other is not None else existing.customer_id!r}",
+            )
+        )
     if existing.amount != amount or existing_at != at:
         return refused(
             _error(
@@ -249,6 +267,18 @@ def record_payment(session: Session, payload: object, *, now: dt.datetime) -> Re
     return _record(session, "payment", payload, now=now)
 
 
+def _existing(
+    session: Session, model: type[Charge] | type[Payment], reseller_id: int, key: str
+) -> Charge | Payment | None:
+    """The reseller's charge (payment) recorded under `key`, if any."""
+    return cast(
+        Charge | Payment | None,
+        session.scalars(
+            select(model).where(model.reseller_id == reseller_id, model.idempotency_key == key)
+        ).one_or_none(),
+    )
+
+
 def _record(session: Session, kind: str, payload: object, *, now: dt.datetime) -> Result:
     """The shared path of a charge or a payment: validate, lock the customer, replay a known
     key, apply the balance rule, insert the row and its ledger entry."""
@@ -259,19 +289,15 @@ def _record(session: Session, kind: str, payload: object, *, now: dt.datetime) -
         return refused(*parsed)
     data, amount = parsed
     at = data.at
-    customer = _lock_customer(session, data)
+    reseller = resolve_reseller(session, data.reseller)
+    if isinstance(reseller, Problem):
+        return refused(reseller.as_dict())  # type: ignore[arg-type]
+    customer = _lock_customer(session, reseller.id, data)
     errors = _customer_errors(customer, data)
     if errors:
         return refused(*errors)
     assert customer is not None
-    existing = cast(
-        Charge | Payment | None,
-        session.scalars(
-            select(model).where(
-                model.customer_id == customer.id, model.idempotency_key == data.idempotency_key
-            )
-        ).one_or_none(),
-    )
+    existing = _existing(session, model, reseller.id, data.idempotency_key)
     if existing is not None:
         return _replay(session, kind, existing, customer, amount, at)
     if is_charge and customer.status != CustomerStatus.ACTIVE:
@@ -286,6 +312,7 @@ def _record(session: Session, kind: str, payload: object, *, now: dt.datetime) -
         session,
         model,
         {
+            "reseller_id": reseller.id,
             "customer_id": customer.id,
             "amount": amount,
             "currency": customer.currency,
@@ -295,8 +322,11 @@ def _record(session: Session, kind: str, payload: object, *, now: dt.datetime) -
             "recorded_at": now,
         },
     )
-    if row_id is None:  # cannot happen under the row lock; the constraint has the last word
-        raise RuntimeError(f"{kind} key {data.idempotency_key!r} inserted concurrently")
+    if row_id is None:  # another customer of the reseller took the key meanwhile
+        existing = _existing(session, model, reseller.id, data.idempotency_key)
+        if existing is None:
+            raise RuntimeError(f"{kind} key {data.idempotency_key!r} neither inserted nor found")
+        return _replay(session, kind, existing, customer, amount, at)
     _apply(session, customer, decision, entry_type=kind, now=now, **{f"{kind}_id": row_id})
     return _outcome(kind, row_id, customer, amount, None) | {
         "balance": str(round_money(decision.balance_after, customer.currency)),
@@ -348,15 +378,15 @@ def balance_mismatches(session: Session) -> list[dict[str, Any]]:
 
 @app.task(name="billing.charges.record", base=BillingTask, bind=True)
 def record_charge_task(self: BillingTask, payload: dict[str, Any]) -> Result:
-    """Record one charge: {customer|customer_id, amount, currency, occurred_at, description,
-    idempotency_key}."""
+    """Record one charge: {reseller?, customer|customer_id, amount, currency, occurred_at,
+    description, idempotency_key}."""
     with unit_of_work() as session:
         return record_charge(session, payload, now=utcnow())
 
 
 @app.task(name="billing.payments.record", base=BillingTask, bind=True)
 def record_payment_task(self: BillingTask, payload: dict[str, Any]) -> Result:
-    """Record one payment or top-up: {customer|customer_id, amount, currency, received_at,
-    description?, idempotency_key}."""
+    """Record one payment or top-up: {reseller?, customer|customer_id, amount, currency,
+    received_at, description?, idempotency_key}."""
     with unit_of_work() as session:
         return record_payment(session, payload, now=utcnow())

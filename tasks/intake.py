@@ -9,11 +9,14 @@
 and raises only on infrastructure failures (the task retries those). Rejections store
 nothing, so a corrected request with the same idempotency key can still succeed.
 
-The database decides every race: the customer is inserted with `INSERT … ON CONFLICT DO
-NOTHING RETURNING id`; when no row comes back, the conflicting row is either the same
-idempotency key (the original outcome is returned again) or the same name, ignoring case
-(`uq_customers_name_lower`; rejected as `name_taken`). Two workers racing on one name
-therefore produce exactly one customer.
+The reseller is the tenant: the business model and the customer class are looked up among
+the reseller's own, and names and idempotency keys are unique per reseller. The database
+decides every race: the customer is inserted with `INSERT … ON CONFLICT DO NOTHING
+RETURNING id`; when no row comes back, the conflicting row of the same reseller is either
+the same idempotency key (the original outcome is returned again) or the same name key
+(`models.names.name_key`: case, width and form ignored; rejected as `name_taken`). Two
+workers racing on one name therefore produce exactly one customer. Another reseller's
+customers never cause, nor appear in, an outcome.
 
 The customer's first billing period comes from the period engine and is stored as
 `current_period_start/end`, so the closer finds it by its end instant. An imported
@@ -33,7 +36,7 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, literal, null, or_, select
+from sqlalchemy import null, select
 from sqlalchemy.orm import Session
 
 from models.base import table_of
@@ -51,8 +54,10 @@ from models.intake import (
     finish_intake,
     parse_intake,
 )
+from models.names import name_key
 from models.periods import Period, PeriodError, first_period
 from tasks.base import BillingTask, utcnow
+from tasks.queries import customer_by_name
 from worker.celery_app import app
 from worker.db import dialect_insert, unit_of_work
 
@@ -62,20 +67,30 @@ _INSERT_ATTEMPTS = 3
 
 
 def _catalog_refs(session: Session, draft: IntakeDraft) -> CatalogRefs:
-    """The ids behind the draft's catalog names, in one round trip."""
+    """The ids behind the draft's catalog names, in one round trip: the reseller by name
+    key, its own business model and customer class by name key within it."""
     reseller, business_model, customer_class = draft.catalog_names()
+    reseller_id = (
+        select(Reseller.id).where(Reseller.name_key == name_key(reseller)).scalar_subquery()
+        if reseller is not None
+        else null()
+    )
 
-    def lookup(column: Any, name_column: Any, name: str | None) -> Any:
+    def lookup(column: Any, model: Any, name: str | None) -> Any:
         if name is None:
             return null()
-        return select(column).where(name_column == name).scalar_subquery()
+        return (
+            select(column)
+            .where(model.reseller_id == reseller_id, model.name_key == name_key(name))
+            .scalar_subquery()
+        )
 
     row = session.execute(
         select(
-            lookup(Reseller.id, Reseller.name, reseller),
-            lookup(BusinessModel.id, BusinessModel.name, business_model),
-            lookup(CustomerClass.id, CustomerClass.name, customer_class),
-            lookup(CustomerClass.custom_fields, CustomerClass.name, customer_class),
+            reseller_id,
+            lookup(BusinessModel.id, BusinessModel, business_model),
+            lookup(CustomerClass.id, CustomerClass, customer_class),
+            lookup(CustomerClass.custom_fields, CustomerClass, customer_class),
         )
     ).one()
     reseller_id, business_model_id, class_id, custom_fields = row
@@ -160,6 +175,7 @@ def _store(
     row = {
         "reseller_id": accepted.reseller_id,
         "name": intake.name,
+        "name_key": name_key(intake.name),
         "business_model_id": accepted.business_model_id,
         "customer_class_id": accepted.customer_class_id,
         "billing_period": intake.billing_period,
@@ -187,7 +203,7 @@ def _store(
         customer_id = session.execute(statement).scalar_one_or_none()
         if customer_id is not None:
             break
-        conflict = _conflict_outcome(session, intake, intake_key)
+        conflict = _conflict_outcome(session, accepted.reseller_id, intake, intake_key)
         if conflict is not None:
             return conflict
     else:
@@ -206,49 +222,44 @@ def _store(
 
 
 def _conflict_outcome(
-    session: Session, intake: CustomerIntake, intake_key: str | None
+    session: Session, reseller_id: int, intake: CustomerIntake, intake_key: str | None
 ) -> dict[str, Any] | None:
-    """Why the insert did nothing: a replayed key, a taken name, or (None) nothing any more."""
-    same_name = func.lower(Customer.name) == func.lower(literal(intake.name))
-    matches = or_(same_name, Customer.intake_key == intake_key) if intake_key else same_name
-    rows = session.execute(
-        select(
-            Customer.id,
-            Customer.name,
-            Customer.intake_key,
-            Customer.billing_period,
-            Customer.billing_timezone,
-            Customer.created_local_date,
-            same_name.label("same_name"),
-        ).where(matches)
-    ).all()
-    for row in rows:
-        if intake_key is not None and row.intake_key == intake_key:
-            if not row.same_name:
+    """Why the insert did nothing: a replayed key, a taken name, or (None) nothing any more.
+    Only the reseller's own customers are looked at."""
+    if intake_key is not None:
+        same_key = session.scalars(
+            select(Customer).where(
+                Customer.reseller_id == reseller_id, Customer.intake_key == intake_key
+            )
+        ).one_or_none()
+        if same_key is not None:
+            if same_key.name_key != name_key(intake.name):
                 return _rejected(
                     [
                         Problem(
                             "idempotency_key",
                             "idempotency_key_reused",
-                            f"this idempotency key already created customer {row.name!r}; "
+                            f"this idempotency key already created customer {same_key.name!r}; "
                             "use a new key for a different customer",
                         )
                     ]
                 )
-            period = first_period(row.billing_period, row.created_local_date, row.billing_timezone)
-            return _created(row.id, row.name, period, replayed=True)
-    for row in rows:
-        if row.same_name:
-            return _rejected(
-                [
-                    Problem(
-                        "name",
-                        "name_taken",
-                        f"a customer named {row.name!r} already exists "
-                        "(names are unique, ignoring case)",
-                    )
-                ]
+            period = first_period(
+                same_key.billing_period, same_key.created_local_date, same_key.billing_timezone
             )
+            return _created(same_key.id, same_key.name, period, replayed=True)
+    same_name = customer_by_name(session, reseller_id, intake.name)
+    if same_name is not None:
+        return _rejected(
+            [
+                Problem(
+                    "name",
+                    "name_taken",
+                    f"a customer named {same_name.name!r} already exists "
+                    "(names are unique, ignoring case)",
+                )
+            ]
+        )
     return None
 
 

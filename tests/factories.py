@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models import BusinessModel, Customer, CustomerClass, Reseller
+from models.names import name_key
 
 _names = itertools.count(1)
 
@@ -53,17 +54,35 @@ def get_or_create_catalog(
     customer_class: str = "Business",
     **class_fields: Any,
 ) -> tuple[Reseller, BusinessModel, CustomerClass]:
-    r = session.scalar(select(Reseller).where(Reseller.name == reseller))
+    """The reseller and its own business model and class of these names (made if missing)."""
+    r = session.scalar(select(Reseller).where(Reseller.name_key == name_key(reseller)))
     if r is None:
-        r = Reseller(name=reseller, display_name=reseller.title())
+        r = Reseller(name=reseller, name_key=name_key(reseller), display_name=reseller.title())
         session.add(r)
-    bm = session.scalar(select(BusinessModel).where(BusinessModel.name == business_model))
+        session.flush()
+    bm = session.scalar(
+        select(BusinessModel).where(
+            BusinessModel.reseller_id == r.id, BusinessModel.name_key == name_key(business_model)
+        )
+    )
     if bm is None:
-        bm = BusinessModel(name=business_model, service_type="voice", description="")
+        bm = BusinessModel(
+            reseller_id=r.id,
+            name=business_model,
+            name_key=name_key(business_model),
+            service_type="voice",
+            description="",
+        )
         session.add(bm)
-    cc = session.scalar(select(CustomerClass).where(CustomerClass.name == customer_class))
+    cc = session.scalar(
+        select(CustomerClass).where(
+            CustomerClass.reseller_id == r.id, CustomerClass.name_key == name_key(customer_class)
+        )
+    )
     if cc is None:
-        cc = CustomerClass(name=customer_class, **class_fields)
+        cc = CustomerClass(
+            reseller_id=r.id, name=customer_class, name_key=name_key(customer_class), **class_fields
+        )
         session.add(cc)
     session.flush()
     return r, bm, cc
@@ -80,6 +99,7 @@ def make_customer(
     currency: str = "USD",
     credit_limit: Decimal | None = Decimal("500.00"),
     balance: Decimal = Decimal(0),
+    reseller: str = "acme",
     **fields: Any,
 ) -> Customer:
     """A customer whose current period is the engine's first period for `created_at`."""
@@ -87,13 +107,15 @@ def make_customer(
 
     from models.periods import first_period
 
-    reseller, business_model, customer_class = get_or_create_catalog(session)
+    owner, business_model, customer_class = get_or_create_catalog(session, reseller=reseller)
     created_at = created_at or dt.datetime(2026, 1, 15, 12, 0, tzinfo=dt.UTC)
     local_date = pendulum.instance(created_at).in_timezone(billing_timezone).date()
     period = first_period(billing_period, local_date, billing_timezone)
+    name = name or f"Customer {next(_names)}"
     customer = Customer(
-        reseller_id=reseller.id,
-        name=name or f"Customer {next(_names)}",
+        reseller_id=owner.id,
+        name=name,
+        name_key=name_key(name),
         business_model_id=business_model.id,
         customer_class_id=customer_class.id,
         billing_period=billing_period,

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from sqlalchemy.exc import DBAPIError
 
-from models.catalog_file import CatalogFileError, parse_catalog
+from models.catalog_file import CatalogFileError, check_templates, parse_catalog
 from tasks.catalog import load_catalog
 from worker.config import settings
 from worker.db import unit_of_work
@@ -24,13 +24,18 @@ def catalog() -> None:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary (or errors) as JSON.")
 def load_command(file: Path, as_json: bool) -> None:
-    """Create or update the catalog entries in FILE (YAML or JSON), matched by name.
+    """Create or update the resellers of FILE (YAML or JSON) with their business models and
+    customer classes, matched by name (ignoring case) within each reseller.
 
     Loading the same file again changes nothing. Entries not in FILE are kept. An invalid
-    file is reported in full and nothing is stored (exit status 1).
+    file (including a class naming an invoice template that does not exist) is reported in
+    full and nothing is stored (exit status 1).
     """
+    from tasks.invoicing import template_environment
+
     try:
         spec = parse_catalog(file.read_text(encoding="utf-8-sig"), filename=file.name)
+        check_templates(spec, template_environment().list_templates(extensions=["html"]))
     except (CatalogFileError, UnicodeDecodeError) as error:
         problems = (
             error.errors

@@ -35,9 +35,13 @@ def _error(code: str, message: str) -> dict[str, str]:
     return {"field": "payload", "code": code, "message": message}
 
 
-def _load(task: Any, path: Path, wait: bool, timeout: float, as_json: bool) -> None:
+def _load(
+    task: Any, path: Path, reseller: str | None, wait: bool, timeout: float, as_json: bool
+) -> None:
     """Send one task per line; with --wait, collect and summarise the outcomes."""
     payloads, bad = _read_jsonl(path)
+    if reseller is not None:  # the lines' own `reseller` wins
+        payloads = [(number, {"reseller": reseller, **payload}) for number, payload in payloads]
     sent = [(number, task.apply_async(args=[payload])) for number, payload in payloads]
     summary: dict[str, Any] = {"sent": len(sent), "unreadable": len(bad)}
     problems = list(bad)
@@ -73,6 +77,11 @@ _timeout = click.option(
     "--timeout", default=60.0, show_default=True, help="Seconds to wait for each outcome."
 )
 _json = click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+_reseller = click.option(
+    "--reseller",
+    help="The reseller of lines that name none (a line's own `reseller` wins); lines may "
+    "leave it out only while exactly one reseller exists.",
+)
 
 
 @click.group("charges")
@@ -82,20 +91,23 @@ def charges() -> None:
 
 @charges.command("load")
 @_file
+@_reseller
 @_wait
 @_timeout
 @_json
-def load_charges(file: Path, wait: bool, timeout: float, as_json: bool) -> None:
+def load_charges(
+    file: Path, reseller: str | None, wait: bool, timeout: float, as_json: bool
+) -> None:
     """Queue every charge of FILE (JSON lines) on the `charges` queue.
 
-    Each line: {"customer": NAME (or "customer_id": ID), "amount": "12.50", "currency":
-    "USD", "occurred_at": ISO-8601 instant, "description": TEXT, "idempotency_key": KEY}.
-    Loading the same file again records nothing twice. Exits 1 if any line was
-    unreadable or (with --wait) refused.
+    Each line: {"reseller": NAME, "customer": NAME (or "customer_id": ID), "amount": "12.50",
+    "currency": "USD", "occurred_at": ISO-8601 instant, "description": TEXT,
+    "idempotency_key": KEY}. Loading the same file again records nothing twice. Exits 1 if
+    any line was unreadable or (with --wait) refused.
     """
     from tasks.charges import record_charge_task
 
-    _load(record_charge_task, file, wait, timeout, as_json)
+    _load(record_charge_task, file, reseller, wait, timeout, as_json)
 
 
 @click.group("payments")
@@ -105,19 +117,22 @@ def payments() -> None:
 
 @payments.command("load")
 @_file
+@_reseller
 @_wait
 @_timeout
 @_json
-def load_payments(file: Path, wait: bool, timeout: float, as_json: bool) -> None:
+def load_payments(
+    file: Path, reseller: str | None, wait: bool, timeout: float, as_json: bool
+) -> None:
     """Queue every payment or top-up of FILE (JSON lines) on the `charges` queue.
 
-    Each line: {"customer": NAME (or "customer_id": ID), "amount": "50.00", "currency":
-    "USD", "received_at": ISO-8601 instant, "description": TEXT (optional),
+    Each line: {"reseller": NAME, "customer": NAME (or "customer_id": ID), "amount": "50.00",
+    "currency": "USD", "received_at": ISO-8601 instant, "description": TEXT (optional),
     "idempotency_key": KEY}.
     """
     from tasks.charges import record_payment_task
 
-    _load(record_payment_task, file, wait, timeout, as_json)
+    _load(record_payment_task, file, reseller, wait, timeout, as_json)
 
 
 @click.group("balances")

@@ -7,10 +7,11 @@ import json
 from typing import Any
 
 import click
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from models import ClosedPeriod, Customer
 from tasks.closing import close_due, parse_as_of
+from worker.cli._reseller import customer_or_fail, reseller_option, reseller_or_fail
 from worker.config import settings
 from worker.db import unit_of_work
 
@@ -61,11 +62,14 @@ def periods() -> None:
 
 @periods.command("list")
 @click.option("--customer", "customer_name", help="Only this customer (name, any case).")
+@reseller_option
 @click.option(
     "--limit", default=100, show_default=True, type=click.IntRange(min=1), help="At most this many."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one array).")
-def list_command(customer_name: str | None, limit: int, as_json: bool) -> None:
+def list_command(
+    customer_name: str | None, reseller: str | None, limit: int, as_json: bool
+) -> None:
     """List closed periods, the most recent first."""
     with unit_of_work() as session:
         query = (
@@ -75,14 +79,10 @@ def list_command(customer_name: str | None, limit: int, as_json: bool) -> None:
             .limit(limit)
         )
         if customer_name is not None:
-            customer_id = session.scalar(
-                select(Customer.id).where(func.lower(Customer.name) == customer_name.lower())
-            )
-            if customer_id is None:
-                raise click.BadParameter(
-                    f"no customer named {customer_name!r}", param_hint="--customer"
-                )
-            query = query.where(ClosedPeriod.customer_id == customer_id)
+            _, customer = customer_or_fail(session, reseller, customer_name)
+            query = query.where(ClosedPeriod.customer_id == customer.id)
+        elif reseller is not None:
+            query = query.where(Customer.reseller_id == reseller_or_fail(session, reseller).id)
         rows = [_as_json(period, name) for period, name in session.execute(query)]
     if as_json:
         click.echo(json.dumps(rows, indent=2))

@@ -27,13 +27,14 @@ from typing import IO, Any
 
 import click
 from celery.exceptions import TimeoutError as ResultTimeout
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from models.catalog import BusinessModel, CustomerClass, Reseller
 from models.customer import Customer
 from models.money import MoneyError, quantum
+from worker.cli._reseller import customer_or_fail, reseller_option, reseller_or_fail
 from worker.config import settings
 from worker.db import unit_of_work
 
@@ -260,7 +261,9 @@ def _collect(
 # Reading what was stored
 
 
-def _customer_rows(session: Session, *, name: str | None = None, reseller: str | None = None):  # type: ignore[no-untyped-def]
+def _customer_rows(  # type: ignore[no-untyped-def]
+    session: Session, *, customer_id: int | None = None, reseller_id: int | None = None
+):
     statement = (
         select(
             Customer,
@@ -273,10 +276,10 @@ def _customer_rows(session: Session, *, name: str | None = None, reseller: str |
         .join(CustomerClass, CustomerClass.id == Customer.customer_class_id)
         .order_by(Customer.id)
     )
-    if name is not None:
-        statement = statement.where(func.lower(Customer.name) == func.lower(name))
-    if reseller is not None:
-        statement = statement.where(Reseller.name == reseller)
+    if customer_id is not None:
+        statement = statement.where(Customer.id == customer_id)
+    if reseller_id is not None:
+        statement = statement.where(Customer.reseller_id == reseller_id)
     return session.execute(statement).all()
 
 
@@ -325,11 +328,12 @@ def customer_json(row: Any) -> dict[str, Any]:
 
 @customers.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
-@click.option("--reseller", help="Only this reseller's customers.")
+@click.option("--reseller", help="Only this reseller's customers (name, any case).")
 def list_command(as_json: bool, reseller: str | None) -> None:
-    """List the stored customers."""
+    """List the stored customers (of every reseller, or of --reseller)."""
     with unit_of_work() as session:
-        rows = [customer_json(r) for r in _customer_rows(session, reseller=reseller)]
+        reseller_id = reseller_or_fail(session, reseller).id if reseller is not None else None
+        rows = [customer_json(r) for r in _customer_rows(session, reseller_id=reseller_id)]
     if as_json:
         click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
         return
@@ -358,15 +362,13 @@ def list_command(as_json: bool, reseller: str | None) -> None:
 
 @customers.command("show")
 @click.argument("name")
+@reseller_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def show_command(name: str, as_json: bool) -> None:
-    """Show the customer called NAME (ignoring case)."""
+def show_command(name: str, reseller: str | None, as_json: bool) -> None:
+    """Show the reseller's customer called NAME (ignoring case)."""
     with unit_of_work() as session:
-        rows = [customer_json(r) for r in _customer_rows(session, name=name.strip())]
-    if not rows:
-        click.echo(f"no customer named {name!r}", err=True)
-        sys.exit(1)
-    customer = rows[0]
+        _, found = customer_or_fail(session, reseller, name)
+        customer = customer_json(_customer_rows(session, customer_id=found.id)[0])
     if as_json:
         click.echo(json.dumps(customer, indent=2, ensure_ascii=False))
         return

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import click
-from sqlalchemy import func, select
+from sqlalchemy import select
 
+from worker.cli._reseller import customer_or_fail, reseller_option, reseller_or_fail
 from worker.db import unit_of_work
 
 
@@ -57,20 +58,25 @@ def invoices() -> None:
 
 @invoices.command("list")
 @click.option("--customer", help="Only this customer's invoices (name, any case).")
-@click.option("--reseller", help="Only this reseller's invoices.")
+@click.option(
+    "--reseller",
+    help="Only this reseller's invoices (name, any case); with --customer, the customer's "
+    "reseller, which may be left out while only one reseller exists.",
+)
 @click.option("--limit", default=100, show_default=True, help="At most this many, newest first.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_invoices(customer: str | None, reseller: str | None, limit: int, as_json: bool) -> None:
     """List issued invoices, newest first."""
-    from models import Customer, Invoice, Reseller
+    from models import Invoice
 
     query = _query().where(Invoice.status == "issued")
-    if customer:
-        query = query.where(func.lower(Customer.name) == func.lower(customer))
-    if reseller:
-        query = query.where(Reseller.name == reseller)
     query = query.order_by(Invoice.issued_at.desc(), Invoice.id.desc()).limit(limit)
     with unit_of_work() as session:
+        if customer:
+            _, found = customer_or_fail(session, reseller, customer)
+            query = query.where(Invoice.customer_id == found.id)
+        elif reseller:
+            query = query.where(Invoice.reseller_id == reseller_or_fail(session, reseller).id)
         items = [_as_dict(*row) for row in session.execute(query)]
     if as_json:
         click.echo(json.dumps(items, indent=2))
@@ -89,7 +95,7 @@ def list_invoices(customer: str | None, reseller: str | None, limit: int, as_jso
 
 @invoices.command("show")
 @click.argument("number", type=int)
-@click.option("--reseller", help="The reseller whose NUMBER it is (needed if several have it).")
+@reseller_option
 @click.option(
     "--html",
     "html_path",
@@ -98,24 +104,19 @@ def list_invoices(customer: str | None, reseller: str | None, limit: int, as_jso
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def show_invoice(number: int, reseller: str | None, html_path: Path | None, as_json: bool) -> None:
-    """Show invoice NUMBER with its lines; --html FILE writes its document."""
-    from models import Invoice, InvoiceLine, Reseller
+    """Show the reseller's invoice NUMBER with its lines; --html FILE writes its document."""
+    from models import Invoice, InvoiceLine
     from models.invoicing_rules import format_rate
     from models.money import round_money
 
-    query = _query().where(Invoice.number == number)
-    if reseller:
-        query = query.where(Reseller.name == reseller)
     with unit_of_work() as session:
-        rows = session.execute(query).all()
-        if not rows:
-            raise click.ClickException(f"no invoice number {number}")
-        if len(rows) > 1:
-            names = ", ".join(sorted(r[2] for r in rows))
-            raise click.ClickException(
-                f"several resellers have an invoice {number} ({names}); give --reseller"
-            )
-        invoice, customer_name, reseller_name = rows[0]
+        ref = reseller_or_fail(session, reseller)
+        row = session.execute(
+            _query().where(Invoice.reseller_id == ref.id, Invoice.number == number)
+        ).one_or_none()
+        if row is None:
+            raise click.ClickException(f"reseller {ref.name!r} has no invoice number {number}")
+        invoice, customer_name, reseller_name = row
         item = _as_dict(invoice, customer_name, reseller_name)
         item["lines"] = [
             {

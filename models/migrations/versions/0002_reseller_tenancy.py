@@ -27,7 +27,6 @@ enforcement off (see `env.py`) and checks every reference before the transaction
 """
 
 from collections.abc import Sequence
-from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -123,8 +122,7 @@ def _scope_catalog(table_name: str, reference: str, columns: Sequence[str]) -> N
     all_resellers = list(conn.execute(sa.select(resellers.c.id).order_by(resellers.c.id)).scalars())
     users: dict[int, list[int]] = {}
     for reseller_id, entry_id in conn.execute(
-        sa.select(customers.c.reseller_id, customers.c[reference])
-        .distinct()
+        sa.select(customers.c.reseller_id, customers.c[reference]).distinct()
     ):
         users.setdefault(entry_id, []).append(reseller_id)
     rows = conn.execute(sa.select(entries.c.id, entries.c.name).order_by(entries.c.id)).all()
@@ -150,15 +148,17 @@ def _scope_catalog(table_name: str, reference: str, columns: Sequence[str]) -> N
                 *(entries.c[c] for c in columns),
             ).where(entries.c.id == entry_id)
             conn.execute(
-                entries.insert().from_select(
-                    ["name", "reseller_id", "name_key", *columns], copy
-                )
+                entries.insert().from_select(["name", "reseller_id", "name_key", *columns], copy)
             )
             copy_id = conn.execute(
-                sa.select(entries.c.id).where(
-                    entries.c.reseller_id == reseller_id, entries.c.name_key == key,
+                sa.select(entries.c.id)
+                .where(
+                    entries.c.reseller_id == reseller_id,
+                    entries.c.name_key == key,
                     entries.c.id != entry_id,
-                ).order_by(entries.c.id.desc()).limit(1)
+                )
+                .order_by(entries.c.id.desc())
+                .limit(1)
             ).scalar_one()
             conn.execute(
                 customers.update()
@@ -255,7 +255,7 @@ def _check_references() -> None:
     conn = op.get_bind()
     if conn.dialect.name != "sqlite":
         return  # PostgreSQL checked every foreign key as the rows changed
-    broken: list[Any] = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
     if broken:
         raise TenancyMigrationError(f"cannot upgrade: broken references {broken[:10]}")
 
