@@ -25,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, BigIntKey, Rate, UTCDateTime
-from models.names import MAX_KEY_LENGTH
+from models.names import MAX_KEY_LENGTH, name_key_default
 
 
 class Reseller(Base):
@@ -35,7 +35,9 @@ class Reseller(Base):
 
     id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
     name: Mapped[str] = mapped_column(String(100))
-    name_key: Mapped[str] = mapped_column(String(MAX_KEY_LENGTH), unique=True)
+    name_key: Mapped[str] = mapped_column(
+        String(MAX_KEY_LENGTH), unique=True, default=name_key_default
+    )
     display_name: Mapped[str] = mapped_column(String(200), default="")
     # The last invoice number handed out. Taken with `UPDATE … RETURNING` inside the
     # transaction that finalizes the invoice, so a rollback gives the number back.
@@ -54,7 +56,7 @@ class BusinessModel(Base):
     id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
     reseller_id: Mapped[int] = mapped_column(ForeignKey("resellers.id"))
     name: Mapped[str] = mapped_column(String(100))
-    name_key: Mapped[str] = mapped_column(String(MAX_KEY_LENGTH))
+    name_key: Mapped[str] = mapped_column(String(MAX_KEY_LENGTH), default=name_key_default)
     service_type: Mapped[str] = mapped_column(String(50))
     description: Mapped[str] = mapped_column(Text, default="")
 
@@ -76,7 +78,7 @@ class CustomerClass(Base):
     id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
     reseller_id: Mapped[int] = mapped_column(ForeignKey("resellers.id"))
     name: Mapped[str] = mapped_column(String(100))
-    name_key: Mapped[str] = mapped_column(String(MAX_KEY_LENGTH))
+    name_key: Mapped[str] = mapped_column(String(MAX_KEY_LENGTH), default=name_key_default)
     grace_period_days: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     invoice_template: Mapped[str] = mapped_column(String(100), default="default.html")
     tax_name: Mapped[str] = mapped_column(String(50), default="Tax")

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from models.base import Base, BigIntKey, Money, UTCDateTime
 from models.catalog import BusinessModel, CustomerClass, Reseller
-from models.names import MAX_KEY_LENGTH
+from models.names import MAX_KEY_LENGTH, name_key_default
 
 # Partial-index condition (PostgreSQL and SQLite both support it).
 _ACTIVE = text("status = 'active'")
@@ -81,7 +81,8 @@ class Customer(Base):
     id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
     reseller_id: Mapped[int] = mapped_column(ForeignKey("resellers.id"))
     name: Mapped[str] = mapped_column(String(100))
-    name_key: Mapped[str] = mapped_column(String(MAX_KEY_LENGTH))
+    # Always name_key(name); set on insert when not given (`models.names`).
+    name_key: Mapped[str] = mapped_column(String(MAX_KEY_LENGTH), default=name_key_default)
     business_model_id: Mapped[int] = mapped_column(ForeignKey("business_models.id"))
     customer_class_id: Mapped[int] = mapped_column(ForeignKey("customer_classes.id"))
     billing_period: Mapped[str] = mapped_column(String(32))

@@ -18,7 +18,7 @@ Keys may be longer than their names (ß folds to "ss", ligatures expand): the co
 from __future__ import annotations
 
 import unicodedata
-from typing import Final
+from typing import Any, Final
 
 # NFKC and full case folding turn one character into at most 18 (U+FDFA); names have 100.
 MAX_KEY_LENGTH: Final = 1800
@@ -28,3 +28,8 @@ def name_key(text: str) -> str:
     """The key two names share exactly when they are the same name ignoring case and form."""
     folded = unicodedata.normalize("NFKC", text).casefold()
     return unicodedata.normalize("NFKC", folded).strip()
+
+
+def name_key_default(context: Any) -> str:
+    """Column default for `name_key`: the key of the row's `name` (Core and ORM inserts)."""
+    return name_key(context.get_current_parameters()["name"])

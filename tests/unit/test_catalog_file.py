@@ -8,9 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from models.catalog_file import CatalogFileError, parse_catalog
+from models.catalog_file import CatalogFileError, check_templates, parse_catalog
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "catalog.yaml"
+
+
+def nested(text: str) -> str:
+    """A one-reseller catalog whose reseller holds the (flow-style YAML) sections `text`."""
+    return f"resellers: [{{name: r, {text.strip().removeprefix('{').removesuffix('}')}}}]"
 
 
 def problems(text: str, filename: str = "catalog.yaml") -> list[tuple[str | None, str]]:
@@ -20,13 +25,16 @@ def problems(text: str, filename: str = "catalog.yaml") -> list[tuple[str | None
 
 
 def test_the_example_catalog_is_valid() -> None:
-    """The shipped example parses: two resellers, two business models, three classes."""
+    """The shipped example parses: two resellers, each with its own models and classes."""
     catalog = parse_catalog(EXAMPLE.read_text())
 
+    acme, northwind = catalog.resellers
     assert [r.name for r in catalog.resellers] == ["acme", "northwind"]
-    assert [b.name for b in catalog.business_models] == ["Hosted IP PBX", "Internet access"]
-    business = catalog.customer_classes[0]
+    assert [b.name for b in acme.business_models] == ["Hosted IP PBX", "Internet access"]
+    assert [c.name for c in northwind.customer_classes] == ["Business", "Residential", "Wholesale"]
+    business = acme.customer_classes[0]
     assert business.tax_rate == Decimal("0.20")
+    assert northwind.customer_classes[0].notification_emails == ["invoices@northwind.example"]
     assert business.custom_fields_json()[0] == {
         "name": "tax_code",
         "type": "string",
@@ -36,18 +44,24 @@ def test_the_example_catalog_is_valid() -> None:
 
 def test_json_catalogs_are_read_as_json() -> None:
     """A .json file is parsed as JSON, with the same rules."""
-    text = json.dumps({"customer_classes": [{"name": "Retail", "tax_rate": "0.08875"}]})
+    text = json.dumps(
+        {
+            "resellers": [
+                {"name": "r", "customer_classes": [{"name": "Retail", "tax_rate": "0.08875"}]}
+            ]
+        }
+    )
     catalog = parse_catalog(text, filename="catalog.json")
 
-    assert catalog.customer_classes[0].tax_rate == Decimal("0.08875")
-    assert catalog.customer_classes[0].invoice_template == "default.html"
+    assert catalog.resellers[0].customer_classes[0].tax_rate == Decimal("0.08875")
+    assert catalog.resellers[0].customer_classes[0].invoice_template == "default.html"
 
 
 def test_a_plain_number_tax_rate_keeps_the_digits_written() -> None:
     """tax_rate: 0.1 in YAML is exactly 0.1, not the binary float next to it."""
-    catalog = parse_catalog("customer_classes: [{name: X, tax_rate: 0.1}]")
+    catalog = parse_catalog(nested("customer_classes: [{name: X, tax_rate: 0.1}]"))
 
-    assert catalog.customer_classes[0].tax_rate == Decimal("0.1")
+    assert catalog.resellers[0].customer_classes[0].tax_rate == Decimal("0.1")
 
 
 @pytest.mark.parametrize(
@@ -61,46 +75,53 @@ def test_a_plain_number_tax_rate_keeps_the_digits_written() -> None:
         ("resellers: [{name: a, colour: red}]", [("resellers[0].colour", "unknown_field")]),
         ("resellers: [{name: 5}]", [("resellers[0].name", "invalid_type")]),
         ("products: []", [("products", "unknown_field")]),
-        ("business_models: [{name: PBX}]", [("business_models[0].service_type", "required")]),
         (
-            "customer_classes: [{name: X, tax_rate: '1.5'}]",
-            [("customer_classes[0].tax_rate", "out_of_range")],
+            nested("business_models: [{name: PBX}]"),
+            [("resellers[0].business_models[0].service_type", "required")],
         ),
         (
-            "customer_classes: [{name: X, tax_rate: '-0.1'}]",
-            [("customer_classes[0].tax_rate", "out_of_range")],
+            nested("customer_classes: [{name: X, tax_rate: '1.5'}]"),
+            [("resellers[0].customer_classes[0].tax_rate", "out_of_range")],
         ),
         (
-            "customer_classes: [{name: X, tax_rate: '0.1234567'}]",
-            [("customer_classes[0].tax_rate", "too_many_decimals")],
+            nested("customer_classes: [{name: X, tax_rate: '-0.1'}]"),
+            [("resellers[0].customer_classes[0].tax_rate", "out_of_range")],
         ),
         (
-            "customer_classes: [{name: X, tax_rate: twenty}]",
-            [("customer_classes[0].tax_rate", "invalid_decimal")],
+            nested("customer_classes: [{name: X, tax_rate: '0.1234567'}]"),
+            [("resellers[0].customer_classes[0].tax_rate", "too_many_decimals")],
         ),
         (
-            "customer_classes: [{name: X, grace_period_days: -1}]",
-            [("customer_classes[0].grace_period_days", "out_of_range")],
+            nested("customer_classes: [{name: X, tax_rate: twenty}]"),
+            [("resellers[0].customer_classes[0].tax_rate", "invalid_decimal")],
         ),
         (
-            "customer_classes: [{name: X, invoice_template: ../../etc/passwd}]",
-            [("customer_classes[0].invoice_template", "invalid_value")],
+            nested("customer_classes: [{name: X, grace_period_days: -1}]"),
+            [("resellers[0].customer_classes[0].grace_period_days", "out_of_range")],
         ),
         (
-            "customer_classes: [{name: X, notification_emails: [billing]}]",
-            [("customer_classes[0].notification_emails[0]", "invalid_value")],
+            nested("customer_classes: [{name: X, invoice_template: ../../etc/passwd}]"),
+            [("resellers[0].customer_classes[0].invoice_template", "invalid_value")],
         ),
         (
-            "customer_classes: [{name: X, custom_fields: [{name: vat, type: money}]}]",
-            [("customer_classes[0].custom_fields[0].type", "invalid_choice")],
+            nested("customer_classes: [{name: X, notification_emails: [billing]}]"),
+            [("resellers[0].customer_classes[0].notification_emails[0]", "invalid_value")],
         ),
         (
-            "customer_classes: [{name: X, custom_fields: [{name: 'tax code', type: string}]}]",
-            [("customer_classes[0].custom_fields[0].name", "invalid_value")],
+            nested("customer_classes: [{name: X, custom_fields: [{name: vat, type: money}]}]"),
+            [("resellers[0].customer_classes[0].custom_fields[0].type", "invalid_choice")],
         ),
         (
-            "customer_classes: [{name: X, custom_fields: [{name: a, type: string, mandatory: 2}]}]",
-            [("customer_classes[0].custom_fields[0].mandatory", "invalid_type")],
+            nested(
+                "customer_classes: [{name: X, custom_fields: [{name: 'tax code', type: string}]}]"
+            ),
+            [("resellers[0].customer_classes[0].custom_fields[0].name", "invalid_value")],
+        ),
+        (
+            nested(
+                "customer_classes: [{name: X, custom_fields: [{name: a, type: string, mandatory: 2}]}]"
+            ),
+            [("resellers[0].customer_classes[0].custom_fields[0].mandatory", "invalid_type")],
         ),
     ],
 )
@@ -112,34 +133,72 @@ def test_invalid_catalogs_are_rejected_with_the_offending_path(
 
 
 def test_duplicate_names_are_rejected() -> None:
-    """A name may appear once per section, a custom field once per class."""
+    """A name may appear once per list ignoring case, a custom field once per class."""
     text = """
-resellers: [{name: acme}, {name: acme}]
-customer_classes:
-  - name: X
-    custom_fields: [{name: a, type: string}, {name: a, type: integer}]
+resellers:
+  - name: acme
+    customer_classes:
+      - name: X
+        custom_fields: [{name: a, type: string}, {name: a, type: integer}]
+      - name: ｘ
+  - name: ACME
 """
     assert problems(text) == [
         ("resellers[1].name", "duplicate"),
-        ("customer_classes[0].custom_fields[1].name", "duplicate"),
+        ("resellers[0].customer_classes[1].name", "duplicate"),
+        ("resellers[0].customer_classes[0].custom_fields[1].name", "duplicate"),
+    ]
+
+
+def test_two_resellers_may_use_the_same_names() -> None:
+    """Names are unique within a reseller, not across resellers."""
+    text = """
+resellers:
+  - {name: acme, customer_classes: [{name: Business, tax_rate: '0.2'}]}
+  - {name: northwind, customer_classes: [{name: Business, tax_rate: '0.1'}]}
+"""
+    acme, northwind = parse_catalog(text).resellers
+    assert acme.customer_classes[0].tax_rate != northwind.customer_classes[0].tax_rate
+
+
+def test_the_old_flat_catalog_is_refused_with_how_to_nest_it() -> None:
+    """Top-level business_models / customer_classes get a message saying where they go."""
+    with pytest.raises(CatalogFileError) as caught:
+        parse_catalog("resellers: [{name: acme}]\ncustomer_classes: [{name: X}]")
+    (problem,) = caught.value.problems
+    assert (problem.field, problem.code) == ("customer_classes", "not_nested")
+    assert "resellers: [{name: acme, customer_classes: [...]}]" in problem.message
+
+
+def test_an_unknown_invoice_template_is_refused_with_its_path() -> None:
+    """A class naming a template that does not exist is refused, the field's path given."""
+    catalog = parse_catalog(
+        nested("customer_classes: [{name: A}, {name: B, invoice_template: nope.html}]")
+    )
+    check_templates(catalog, ["default.html", "nope.html"])  # both exist: accepted
+    with pytest.raises(CatalogFileError) as caught:
+        check_templates(catalog, ["default.html"])
+    assert [(p.field, p.code) for p in caught.value.problems] == [
+        ("resellers[0].customer_classes[1].invoice_template", "unknown_template")
     ]
 
 
 def test_every_problem_is_reported_at_once() -> None:
     """Several broken entries are all reported in one error."""
     text = """
-resellers: [{name: ''}]
-business_models: [{name: PBX}]
-customer_classes: [{name: X, tax_rate: '2'}]
+resellers:
+  - name: ''
+    business_models: [{name: PBX}]
+    customer_classes: [{name: X, tax_rate: '2'}]
 """
     assert problems(text) == [
         ("resellers[0].name", "blank"),
-        ("business_models[0].service_type", "required"),
-        ("customer_classes[0].tax_rate", "out_of_range"),
+        ("resellers[0].business_models[0].service_type", "required"),
+        ("resellers[0].customer_classes[0].tax_rate", "out_of_range"),
     ]
 
 
 def test_an_empty_catalog_is_valid() -> None:
     """Every section is optional."""
     catalog = parse_catalog("{}")
-    assert (catalog.resellers, catalog.business_models, catalog.customer_classes) == ([], [], [])
+    assert catalog.resellers == []
