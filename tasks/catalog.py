@@ -111,7 +111,7 @@ def load_catalog(session: Session, catalog: CatalogFile) -> dict[str, dict[str, 
             select(resellers.c.name_key, resellers.c.id).where(
                 resellers.c.name_key.in_([row["name_key"] for row in rows])
             )
-        ).tuples()
+        ).all()
     )
     for spec, row in zip(catalog.resellers, rows, strict=True):
         reseller_id = ids[row["name_key"]]

@@ -109,6 +109,8 @@ def _scope_catalog(table_name: str, reference: str, columns: Sequence[str]) -> N
     conn = op.get_bind()
     op.add_column(table_name, sa.Column("reseller_id", _ID, nullable=True))
     op.add_column(table_name, sa.Column("name_key", _KEY, nullable=True))
+    with op.batch_alter_table(table_name) as batch:  # copies share the name
+        batch.drop_constraint(f"uq_{table_name}_name", type_="unique")
     entries = sa.table(
         table_name,
         sa.column("id"),
@@ -169,7 +171,6 @@ def _scope_catalog(table_name: str, reference: str, columns: Sequence[str]) -> N
     with op.batch_alter_table(table_name) as batch:
         batch.alter_column("reseller_id", existing_type=_ID, nullable=False)
         batch.alter_column("name_key", existing_type=_KEY, nullable=False)
-        batch.drop_constraint(f"uq_{table_name}_name", type_="unique")
         batch.create_unique_constraint(
             f"uq_{table_name}_reseller_id_name_key", ["reseller_id", "name_key"]
         )
