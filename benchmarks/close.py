@@ -105,7 +105,8 @@ def seed(engine, n: int, as_of: dt.datetime) -> int:  # type: ignore[no-untyped-
                     billing_period, billing_timezone, balance_control, currency, custom_data,
                     created_at, created_local_date, current_period_start, current_period_end
                 )
-                SELECT 1, 'bench customer ' || g, 'bench customer ' || g, 1, 1, p.rule, p.tz, 'prepaid', 'USD', '{}',
+                SELECT 1, 'bench customer ' || g, 'bench customer ' || g, 1, 1, p.rule, p.tz,
+                       'prepaid', 'USD', '{}',
                        p.created::timestamp AT TIME ZONE p.tz, p.created, p.start_at, p.end_at
                 FROM generate_series(0, :n - 1) AS g JOIN p ON p.k = g % :profiles
                 """

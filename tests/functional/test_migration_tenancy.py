@@ -602,7 +602,8 @@ def test_a_populated_0001_database_upgrades_with_every_row_kept(url_at_0001: str
                     " JOIN customers c ON c.id = t.customer_id"
                 )
             ).all()
-            assert scoped and all(mine == theirs for mine, theirs in scoped)
+            assert scoped
+            assert all(mine == theirs for mine, theirs in scoped)
     engine.dispose()
 
     _new_rules_hold(url_at_0001)

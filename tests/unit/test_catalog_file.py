@@ -119,7 +119,8 @@ def test_a_plain_number_tax_rate_keeps_the_digits_written() -> None:
         ),
         (
             nested(
-                "customer_classes: [{name: X, custom_fields: [{name: a, type: string, mandatory: 2}]}]"
+                "customer_classes: [{name: X, custom_fields: "
+                "[{name: a, type: string, mandatory: 2}]}]"
             ),
             [("resellers[0].customer_classes[0].custom_fields[0].mandatory", "invalid_type")],
         ),
@@ -140,7 +141,7 @@ resellers:
     customer_classes:
       - name: X
         custom_fields: [{name: a, type: string}, {name: a, type: integer}]
-      - name: ｘ
+      - name: \uff58
   - name: ACME
 """
     assert problems(text) == [
