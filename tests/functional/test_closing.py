@@ -131,7 +131,8 @@ def seed_due(engine: Engine, n: int, *, start: dt.datetime, end: dt.datetime) ->
                     created_at, created_local_date, current_period_start, current_period_end
                 )
                 SELECT :reseller, 'due customer ' || g, 'due customer ' || g, :model, :class,
-                       'daily', 'UTC', 'prepaid', 'USD', '{}', :start, CAST(:start AS date), :start, :end
+                       'daily', 'UTC', 'prepaid', 'USD', '{}', :start, CAST(:start AS date),
+                       :start, :end
                 FROM generate_series(1, :n) AS g
                 """
             ),
