@@ -149,8 +149,9 @@ def _lock_customer(session: Session, reseller_id: int, data: _Movement) -> Custo
 
 def _customer_errors(customer: Customer | None, data: _Movement) -> list[dict[str, str]]:
     if customer is None:
-        who = data.customer if data.customer is not None else f"id {data.customer_id}"
-        return [_error("customer", "unknown_customer", f"no customer {who!r}")]
+        if data.customer is not None:
+            return [_error("customer", "unknown_customer", f"no customer {data.customer!r}")]
+        return [_error("customer_id", "unknown_customer", "no customer has this id")]
     if data.currency != customer.currency:
         return [
             _error(
