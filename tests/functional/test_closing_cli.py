@@ -87,5 +87,5 @@ def test_periods_list_for_an_unknown_customer_is_a_usage_error(customers) -> Non
     """Naming a customer that does not exist says so instead of printing an empty list."""
     result = CliRunner().invoke(main, ["periods", "list", "--customer", "Nobody"])
 
-    assert result.exit_code == 2
-    assert "no customer named 'Nobody'" in result.output
+    assert result.exit_code == 1
+    assert "has no customer named 'Nobody'" in result.output

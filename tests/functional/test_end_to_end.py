@@ -67,6 +67,7 @@ def test_intake_charge_close_and_invoice_flow_through_the_worker(clean_db, worke
 
     charge = record_charge_task.delay(
         {
+            "reseller": "acme",
             "customer": "Kaiju Networks KK",
             "amount": "1234",
             "currency": "JPY",

@@ -154,14 +154,25 @@ def test_enqueue_cli_reads_csv_with_custom_data_columns(catalog) -> None:
     assert outcome.exit_code == 1, outcome.output
     assert "created: 2, duplicate: 0, rejected: 1" in outcome.stdout
     assert "line 4: rejected" in outcome.stdout
-    shown = runner.invoke(main, ["customers", "show", "vandelay industries", "--json"])
+    shown = runner.invoke(
+        main, ["customers", "show", "vandelay industries", "--reseller", "acme", "--json"]
+    )
     assert shown.exit_code == 0, shown.output
     data = json.loads(shown.stdout)
     assert data["custom_data"] == {"tax_code": "NY-7", "seats": 12}
     assert (data["credit_limit"], data["idempotency_key"]) == ("750.00", "acme-vandelay")
     listed = json.loads(runner.invoke(main, ["customers", "list", "--json"]).stdout)
     assert sorted(c["name"] for c in listed) == ["Kruger Fibre", "Vandelay Industries"]
-    assert runner.invoke(main, ["customers", "show", "Nobody"]).exit_code == 1
+    nobody = runner.invoke(main, ["customers", "show", "Nobody", "--reseller", "acme"])
+    assert nobody.exit_code == 1
+    assert "reseller 'acme' has no customer named 'Nobody'" in nobody.output
+    unsaid = runner.invoke(main, ["customers", "show", "Kruger Fibre"])
+    assert unsaid.exit_code == 1
+    assert "--reseller is required" in unsaid.output
+    # Kruger Fibre is northwind's: acme is told nothing about it.
+    other = runner.invoke(main, ["customers", "show", "Kruger Fibre", "--reseller", "acme"])
+    assert other.exit_code == 1
+    assert "northwind" not in other.output
 
 
 def test_enqueue_cli_without_wait_exits_zero_when_every_line_was_sent(catalog, tmp_path) -> None:
@@ -182,7 +193,7 @@ def test_catalog_cli_loads_once_and_refuses_invalid_files(clean_db, tmp_path) ->
     """`billing catalog load` is idempotent, and an invalid file stores nothing."""
     runner = CliRunner()
     bad = tmp_path / "bad.yaml"
-    bad.write_text("resellers: [{name: fine}]\ncustomer_classes: [{name: X, tax_rate: '3'}]\n")
+    bad.write_text("resellers: [{name: fine, customer_classes: [{name: X, tax_rate: '3'}]}]\n")
 
     refused = runner.invoke(main, ["catalog", "load", str(bad)])
     with unit_of_work() as session:
@@ -191,10 +202,10 @@ def test_catalog_cli_loads_once_and_refuses_invalid_files(clean_db, tmp_path) ->
     second = runner.invoke(main, ["catalog", "load", str(EXAMPLES / "catalog.yaml"), "--json"])
 
     assert refused.exit_code == 1
-    assert "customer_classes[0].tax_rate" in refused.stderr
+    assert "resellers[0].customer_classes[0].tax_rate" in refused.stderr
     assert resellers_after_refusal == 0
     assert first.exit_code == 0, first.output
-    assert "customer classes: 3 created, 0 updated, 0 unchanged" in first.stdout
+    assert "customer classes: 5 created, 0 updated, 0 unchanged" in first.stdout
     summary = json.loads(second.stdout)
     assert all(
         summary[s]["created"] == summary[s]["updated"] == 0 for s in summary if s != "status"

@@ -184,16 +184,28 @@ def test_an_imported_customer_stores_its_first_period_even_if_long_past(session)
 
 
 def test_catalog_rules_come_from_the_database(session) -> None:
-    """Unknown catalog names and the stored class's custom fields are checked."""
-    result = create_customer(
+    """Unknown catalog names and the stored class's custom fields are checked; the class and
+    model are looked up among the reseller's own (northwind's Wholesale is not acme's)."""
+    unknown_reseller = create_customer(
+        session, payload(reseller="nobody", custom_data={"seats": 3}), now=NOW
+    )
+    wrong_fields = create_customer(
         session,
-        payload(reseller="nobody", customer_class="Residential", custom_data={"seats": 3}),
+        payload(reseller="ACME", customer_class="Residential", custom_data={"seats": 3}),
         now=NOW,
     )
+    other_resellers_class = create_customer(
+        session, payload(customer_class="Wholesale", custom_data={}), now=NOW
+    )
 
-    assert [(e["field"], e["code"]) for e in result["errors"]] == [
+    assert [(e["field"], e["code"]) for e in unknown_reseller["errors"]] == [
         ("reseller", "not_found"),
+    ]
+    assert [(e["field"], e["code"]) for e in wrong_fields["errors"]] == [
         ("custom_data.seats", "unknown_custom_field"),
+    ]
+    assert [e["message"] for e in other_resellers_class["errors"]] == [
+        "there is no customer class named 'Wholesale' for reseller 'acme'"
     ]
     assert count(session, Customer) == 0
 
@@ -231,24 +243,35 @@ def test_loading_the_same_catalog_twice_changes_nothing(clean_db, db_session) ->
 
     second = load_catalog(db_session, catalog)
 
-    assert first["customer_classes"] == {"created": 3, "updated": 0, "unchanged": 0}
+    assert first["customer_classes"] == {"created": 5, "updated": 0, "unchanged": 0}
     assert second == {
         "resellers": {"created": 0, "updated": 0, "unchanged": 2},
-        "business_models": {"created": 0, "updated": 0, "unchanged": 2},
-        "customer_classes": {"created": 0, "updated": 0, "unchanged": 3},
+        "business_models": {"created": 0, "updated": 0, "unchanged": 4},
+        "customer_classes": {"created": 0, "updated": 0, "unchanged": 5},
     }
     db_session.expire_all()
     assert _snapshot(db_session) == before
 
 
 def test_a_changed_entry_is_updated_by_name(clean_db, db_session) -> None:
-    """Loading an edited file updates only the entry that changed."""
+    """Loading an edited file updates only the entry that changed, within its reseller; a
+    name whose case changed is the same entry, renamed."""
     load_catalog(db_session, parse_catalog(EXAMPLE.read_text()))
-    edited = EXAMPLE.read_text().replace('tax_rate: "0.20"', 'tax_rate: "0.21"')
+    edited = (
+        EXAMPLE.read_text()
+        .replace('tax_rate: "0.08875"', 'tax_rate: "0.09"')
+        .replace("name: Wholesale", "name: WHOLESALE")
+    )
 
     summary = load_catalog(db_session, parse_catalog(edited))
 
-    assert summary["customer_classes"] == {"created": 0, "updated": 1, "unchanged": 2}
-    rate = db_session.scalar(select(CustomerClass.tax_rate).where(CustomerClass.name == "Business"))
-    assert rate == Decimal("0.21")
-    assert count(db_session, CustomerClass) == 3
+    assert summary["customer_classes"] == {"created": 0, "updated": 2, "unchanged": 3}
+    rates = db_session.execute(
+        select(Reseller.name, CustomerClass.tax_rate)
+        .join(Reseller, Reseller.id == CustomerClass.reseller_id)
+        .where(CustomerClass.name == "Residential")
+        .order_by(Reseller.name)
+    ).all()
+    assert [tuple(r) for r in rates] == [("acme", Decimal("0.09")), ("northwind", Decimal("0.2"))]
+    names = db_session.scalars(select(CustomerClass.name).order_by(CustomerClass.name)).all()
+    assert names == ["Business", "Business", "Residential", "Residential", "WHOLESALE"]
