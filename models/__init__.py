@@ -4,7 +4,17 @@ Importing the package registers every table on `Base.metadata`.
 """
 
 from models.base import Base
-from models.billing import Charge, Invoice, InvoiceLine, LedgerEntry, Notification, Payment
+from models.billing import (
+    Charge,
+    Invoice,
+    InvoiceLine,
+    InvoiceStatus,
+    LedgerEntry,
+    LedgerEntryType,
+    Notification,
+    NotificationStatus,
+    Payment,
+)
 from models.catalog import BusinessModel, CustomerClass, Reseller
 from models.closed_period import ClosedPeriod
 from models.customer import BalanceControl, Customer, CustomerStatus
@@ -20,8 +30,11 @@ __all__ = [
     "CustomerStatus",
     "Invoice",
     "InvoiceLine",
+    "InvoiceStatus",
     "LedgerEntry",
+    "LedgerEntryType",
     "Notification",
+    "NotificationStatus",
     "Payment",
     "Reseller",
 ]

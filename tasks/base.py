@@ -31,7 +31,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
-from worker.db import after_commit
+from worker.config import settings
+from worker.db import after_commit, database_now
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,22 @@ class BillingTask(Task):  # type: ignore[misc]
 def utcnow() -> dt.datetime:
     """The current instant. Only task adapters read the clock; services are given `now`."""
     return dt.datetime.now(dt.UTC)
+
+
+def database_clock(session: Session) -> dt.datetime:
+    """The current instant by the database's clock: the one clock that decides what has
+    ended, so a worker whose own clock runs fast never closes a period early. A worker
+    clock more than BILLING_CLOCK_SKEW seconds off is logged, for the operator to fix."""
+    now = database_now(session)
+    drift = (utcnow() - now).total_seconds()
+    if abs(drift) > settings().clock_skew_seconds:
+        logger.warning(
+            "this worker's clock is %+.0f s off the database's (BILLING_CLOCK_SKEW is %s s); "
+            "closing goes by the database's clock: fix the machine's time (NTP)",
+            drift,
+            settings().clock_skew_seconds,
+        )
+    return now
 
 
 def send_after_commit(session: Session, signature: Signature) -> None:

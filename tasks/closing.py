@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 from models import ClosedPeriod, Customer, CustomerStatus
 from models.closing_rules import Advance, GroupedPeriods
 from models.intake import parse_instant
-from tasks.base import BackgroundSender, BillingTask
+from tasks.base import BackgroundSender, BillingTask, database_clock
 from worker.celery_app import app
 from worker.config import settings
 from worker.db import unit_of_work
@@ -396,11 +396,8 @@ def _require_aware(now: dt.datetime) -> None:
         raise ValueError(f"now must be an aware instant, got {now!r}")
 
 
-def parse_as_of(value: str | None) -> dt.datetime:
-    """The instant to close or reconcile as of: ISO-8601 with an offset (or `Z`), in UTC;
-    the current instant if None."""
-    if value is None:
-        return dt.datetime.now(dt.UTC)
+def parse_as_of(value: str) -> dt.datetime:
+    """The instant to close or reconcile as of: ISO-8601 with an offset (or `Z`), in UTC."""
     instant = parse_instant(value)
     if instant is None:
         raise ValueError(
@@ -415,9 +412,9 @@ def parse_as_of(value: str | None) -> dt.datetime:
 
 @app.task(name="billing.periods.close_due", base=BillingTask, bind=True)
 def close_due_task(self: BillingTask, as_of: str | None = None) -> dict[str, int]:
-    """Close every period that has ended by `as_of` (default: now)."""
-    now = parse_as_of(as_of)
+    """Close every period that has ended by `as_of` (default: now, by the database's clock)."""
     with unit_of_work() as session:
+        now = database_clock(session) if as_of is None else parse_as_of(as_of)
         summary = close_due(session, now=now, batch_size=settings().close_batch_size)
     return summary.as_dict()
 
@@ -432,7 +429,7 @@ def reconcile_task(
     with unit_of_work() as session:
         summary = reconcile(
             session,
-            now=parse_as_of(as_of),
+            now=database_clock(session) if as_of is None else parse_as_of(as_of),
             older_than=dt.timedelta(seconds=seconds),
             batch_size=conf.close_batch_size,
         )

@@ -24,9 +24,7 @@ so out-of-order generation (catch-up batches on several workers) never moves a c
 the wrong invoice.
 
 Notifications: each issued invoice writes one outbox row per address of the class's
-notification list (unique per invoice and recipient). When BILLING_SMTP_URL is set, the
-`billing.notifications.send` task mails them (at least once) and is queued after every
-batch that issued invoices; without it, the rows wait for whatever mailer reads the outbox.
+notification list (unique per invoice and recipient); `tasks/notifications.py` mails them.
 
 Tax is computed on the subtotal (see `models.invoicing_rules`). The issue date is the local
 date of `now` in the period's billing timezone; due date = issue date + the class's grace
@@ -36,15 +34,12 @@ period.
 from __future__ import annotations
 
 import datetime as dt
-import smtplib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from email.message import EmailMessage
 from functools import cache
 from itertools import groupby
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import jinja2
 from sqlalchemy import and_, exists, or_, select, update
@@ -57,7 +52,9 @@ from models import (
     CustomerClass,
     Invoice,
     InvoiceLine,
+    InvoiceStatus,
     Notification,
+    NotificationStatus,
     Reseller,
 )
 from models.invoicing_rules import (
@@ -71,13 +68,11 @@ from models.invoicing_rules import (
     invoice_totals,
     local_date,
 )
-from tasks.base import BillingTask, is_transient, send_after_commit, utcnow
+from tasks.base import BillingTask, is_transient, utcnow
+from tasks.notifications import queue_mailing_after_commit
 from worker.celery_app import app
 from worker.config import settings
 from worker.db import dialect_insert, unit_of_work
-
-ISSUED = "issued"
-GENERATING = "generating"
 
 
 @cache
@@ -203,7 +198,7 @@ def _claim_invoice(session: Session, period: _Period) -> tuple[int, bool] | None
             closed_period_id=period.closed_period_id,
             customer_id=period.customer_id,
             reseller_id=period.reseller_id,
-            status=GENERATING,
+            status=InvoiceStatus.GENERATING,
             currency=period.currency,
             tax_name=period.tax_name,
             tax_rate=period.tax_rate,
@@ -226,7 +221,7 @@ def _claim_invoice(session: Session, period: _Period) -> tuple[int, bool] | None
         .where(Invoice.closed_period_id == period.closed_period_id)
         .with_for_update()
     ).one()
-    return None if existing.status == ISSUED else (int(existing.id), False)
+    return None if existing.status == InvoiceStatus.ISSUED else (int(existing.id), False)
 
 
 def _take_charges(session: Session, period: _Period, invoice_id: int) -> list[_Line]:
@@ -374,7 +369,7 @@ def _issue(session: Session, prepared: list[_Prepared], now: dt.datetime) -> lis
                 {
                     "id": item.invoice_id,
                     "number": number,
-                    "status": ISSUED,
+                    "status": InvoiceStatus.ISSUED,
                     "subtotal": item.totals.subtotal,
                     "tax": item.totals.tax,
                     "total": item.totals.total,
@@ -396,7 +391,7 @@ def _issue(session: Session, prepared: list[_Prepared], now: dt.datetime) -> lis
                             f"{covered_dates_text(*item.covered)}: {total_text}, due "
                             f"{format_long_date(due)}."
                         ),
-                        "status": "pending",
+                        "status": NotificationStatus.PENDING,
                         "attempts": 0,
                         "created_at": now,
                     }
@@ -492,130 +487,12 @@ def generate_invoices(
     return summary
 
 
-Sender = Callable[[EmailMessage], object]
-
-
-def send_notifications(
-    session: Session,
-    send: Sender,
-    *,
-    now: dt.datetime,
-    sender_address: str,
-    limit: int = 100,
-    max_attempts: int = 5,
-) -> dict[str, Any]:
-    """Send up to `limit` pending outbox e-mails with `send`; mark each sent or count the failure.
-
-    Rows are claimed with `FOR UPDATE SKIP LOCKED`, so concurrent mailers share the outbox.
-    Delivery is at least once: a crash between the SMTP hand-off and the commit sends that
-    e-mail again. After `max_attempts` failures a row is `failed` and left for an operator.
-    """
-    rows = session.execute(
-        select(Notification, Invoice.document_html)
-        .join(Invoice, Invoice.id == Notification.invoice_id)
-        .where(Notification.status == "pending")
-        .order_by(Notification.created_at, Notification.id)
-        .limit(limit)
-        .with_for_update(of=Notification, skip_locked=True)
-    ).all()
-    sent = failed = 0
-    for notification, document in rows:
-        message = EmailMessage()
-        message["From"] = sender_address
-        message["To"] = notification.recipient
-        message["Subject"] = notification.subject
-        message.set_content(notification.body_text)
-        if document:
-            message.add_alternative(document, subtype="html")
-        try:
-            send(message)
-        except (smtplib.SMTPException, OSError) as exc:
-            notification.attempts += 1
-            notification.last_error = f"{type(exc).__name__}: {exc}"
-            if notification.attempts >= max_attempts:
-                notification.status = "failed"
-            failed += 1
-        else:
-            notification.attempts += 1
-            notification.status = "sent"
-            notification.sent_at = now
-            sent += 1
-    session.flush()
-    return {"sent": sent, "failed": failed, "claimed": len(rows)}
-
-
-@dataclass(frozen=True)
-class SMTPSettings:
-    """`BILLING_SMTP_URL`: smtp://[user:password@]host[:port][?starttls=1&from=ADDRESS], or
-    smtps://… for implicit TLS."""
-
-    host: str
-    port: int
-    ssl: bool
-    starttls: bool
-    username: str | None
-    password: str | None
-    sender_address: str
-
-    @classmethod
-    def from_url(cls, url: str) -> SMTPSettings:
-        parts = urlsplit(url)
-        if parts.scheme not in {"smtp", "smtps"} or not parts.hostname:
-            raise ValueError(
-                f"BILLING_SMTP_URL must be smtp://host[:port] or smtps://…, got {url!r}"
-            )
-        query = parse_qs(parts.query)
-        return cls(
-            host=parts.hostname,
-            port=parts.port or (465 if parts.scheme == "smtps" else 25),
-            ssl=parts.scheme == "smtps",
-            starttls=query.get("starttls", ["0"])[0].lower() in {"1", "true", "yes"},
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password else None,
-            sender_address=query.get("from", ["billing@localhost"])[0],
-        )
-
-    def sender(self) -> Callable[[EmailMessage], object]:
-        def send(message: EmailMessage) -> object:
-            factory = smtplib.SMTP_SSL if self.ssl else smtplib.SMTP
-            with factory(self.host, self.port, timeout=30) as smtp:
-                if self.starttls:
-                    smtp.starttls()
-                if self.username:
-                    smtp.login(self.username, self.password or "")
-                return smtp.send_message(message)
-
-        return send
-
-
-@cache
-def smtp_settings() -> SMTPSettings | None:
-    """The mailer's settings, read once; None when BILLING_SMTP_URL is not set (no mailer)."""
-    url = settings().smtp_url
-    return SMTPSettings.from_url(url) if url else None
-
-
 @app.task(name="billing.invoices.generate", base=BillingTask, bind=True)
 def generate_invoices_task(self: BillingTask, closed_period_ids: list[int]) -> dict[str, Any]:
     """Issue the invoices of a batch of closed periods (ids); reruns create nothing new."""
     ids = [int(i) for i in closed_period_ids]
     with unit_of_work() as session:
         summary = generate_invoices(session, ids, now=utcnow())
-        if summary["issued"] and smtp_settings() is not None:
-            send_after_commit(session, send_notifications_task.s())
+        if summary["issued"]:
+            queue_mailing_after_commit(session)
         return summary
-
-
-@app.task(name="billing.notifications.send", base=BillingTask, bind=True)
-def send_notifications_task(self: BillingTask) -> dict[str, Any]:
-    """Send pending invoice e-mails through BILLING_SMTP_URL; requeue itself while some remain."""
-    conf = smtp_settings()
-    if conf is None:
-        return {"status": "disabled", "reason": "BILLING_SMTP_URL is not set"}
-    with unit_of_work() as session:
-        result = send_notifications(
-            session, conf.sender(), now=utcnow(), sender_address=conf.sender_address
-        )
-        if result["claimed"] and result["sent"] == result["claimed"]:
-            send_after_commit(session, send_notifications_task.s())
-    return {"status": "ok", **result}

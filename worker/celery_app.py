@@ -5,8 +5,8 @@
   task is idempotent in the database, so running it twice is harmless.
 - Prefetch of one: closing and invoicing tasks are long; a worker must not sit on messages
   another idle worker could run.
-- Hard time limits well under the Redis visibility timeout (see `Settings`), so a message
-  is redelivered only when its worker really died.
+- Hard time limits just under the Redis visibility timeout (see `Settings`), so a message
+  is redelivered only when its worker really died, and then within ~16 minutes.
 - Task and sent events on, so Flower sees every task from the moment it is sent.
 - One queue per concern; explicit task names, routed by name.
 - Beat runs in UTC; what is due is decided from the database, not from the schedule.
@@ -21,7 +21,7 @@ from celery.signals import worker_process_init
 from kombu.entity import Queue
 
 from worker.beat import beat_config
-from worker.config import Settings, settings
+from worker.config import TASK_TIME_LIMIT, Settings, settings
 
 QUEUES = ("intake", "closing", "invoicing", "charges")
 
@@ -30,6 +30,7 @@ TASK_MODULES = [
     "tasks.intake",
     "tasks.closing",
     "tasks.invoicing",
+    "tasks.notifications",
     "tasks.charges",
 ]
 
@@ -42,9 +43,6 @@ TASK_ROUTES = {
     "billing.charges.*": {"queue": "charges"},
     "billing.payments.*": {"queue": "charges"},
 }
-
-# Hard limit for any task; the Redis visibility timeout (Settings) is well above it.
-TASK_TIME_LIMIT = 900
 
 
 def celery_config(conf: Settings) -> dict[str, Any]:

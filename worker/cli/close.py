@@ -10,6 +10,7 @@ import click
 from sqlalchemy import func, select
 
 from models import ClosedPeriod, Customer
+from tasks.base import database_clock
 from tasks.closing import close_due, parse_as_of
 from worker.config import settings
 from worker.db import unit_of_work
@@ -19,7 +20,8 @@ from worker.db import unit_of_work
 @click.option(
     "--as-of",
     metavar="ISO-8601",
-    help="Close what has ended by this instant (with an offset or Z). Default: now.",
+    help="Close what has ended by this instant (with an offset or Z). "
+    "Default: now, by the database's clock.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def close_command(as_of: str | None, as_json: bool) -> None:
@@ -30,10 +32,11 @@ def close_command(as_of: str | None, as_json: bool) -> None:
     while workers run: nothing is ever closed twice.
     """
     try:
-        now = parse_as_of(as_of)
+        given = None if as_of is None else parse_as_of(as_of)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--as-of") from None
     with unit_of_work() as session:
+        now = database_clock(session) if given is None else given
         summary = close_due(session, now=now, batch_size=settings().close_batch_size)
     if as_json:
         click.echo(json.dumps({"as_of": now.isoformat(), **summary.as_dict()}))

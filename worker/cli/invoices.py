@@ -62,9 +62,9 @@ def invoices() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_invoices(customer: str | None, reseller: str | None, limit: int, as_json: bool) -> None:
     """List issued invoices, newest first."""
-    from models import Customer, Invoice, Reseller
+    from models import Customer, Invoice, InvoiceStatus, Reseller
 
-    query = _query().where(Invoice.status == "issued")
+    query = _query().where(Invoice.status == InvoiceStatus.ISSUED)
     if customer:
         query = query.where(func.lower(Customer.name) == func.lower(customer))
     if reseller:
