@@ -18,6 +18,7 @@ from models.billing import (
 from models.catalog import BusinessModel, CustomerClass, Reseller
 from models.closed_period import ClosedPeriod
 from models.customer import BalanceControl, Customer, CustomerStatus
+from models.dead_letter import DeadLetter
 
 __all__ = [
     "BalanceControl",
@@ -28,6 +29,7 @@ __all__ = [
     "Customer",
     "CustomerClass",
     "CustomerStatus",
+    "DeadLetter",
     "Invoice",
     "InvoiceLine",
     "InvoiceStatus",

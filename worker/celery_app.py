@@ -1,6 +1,7 @@
 """The Celery app: one place for every setting that keeps money safe.
 
-- JSON only: pickle would let whoever can write to the broker run code on the workers.
+- JSON only: pickle would let whoever can write to the broker run code on the workers;
+  and read with a depth limit, a poison message becoming a dead letter (worker/messages.py).
 - Late acks with reject-on-worker-lost: a task whose worker dies is redelivered, and every
   task is idempotent in the database, so running it twice is harmless.
 - Prefetch of one: closing and invoicing tasks are long; a worker must not sit on messages
@@ -22,6 +23,7 @@ from kombu.entity import Queue
 
 from worker.beat import beat_config
 from worker.config import TASK_TIME_LIMIT, Settings, settings
+from worker.messages import register_json
 
 QUEUES = ("intake", "closing", "invoicing", "charges")
 
@@ -75,6 +77,9 @@ def celery_config(conf: Settings) -> dict[str, Any]:
         # Which scheduler beat uses and its lock (worker/beat.py).
         **beat_config(conf),
         "imports": TASK_MODULES,
+        # Every task message is checked before Celery runs it; a poison one becomes a dead
+        # letter instead of stopping the worker (worker/messages.py).
+        "worker_consumer": "worker.messages:GuardedConsumer",
     }
 
 
@@ -92,6 +97,10 @@ def beat_schedule(conf: Settings) -> dict[str, Any]:
             "options": {"queue": "closing", "expires": float(conf.reconcile_interval)},
         },
     }
+
+
+# The JSON decoder with a depth limit, for every message this process reads.
+register_json()
 
 
 def create_app(conf: Settings | None = None) -> Celery:
