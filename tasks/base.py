@@ -59,6 +59,22 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+class WorkFailed(Exception):
+    """Part of a task's work could not be done, for a reason a retry will not change: raised
+    after the good part committed, so the task ends FAILURE (Flower, `/metrics`, alerts)
+    while its JSON summary (`summary`, with `status` and `errors`) says what was done."""
+
+    def __init__(self, summary: dict[str, Any]) -> None:
+        super().__init__(summary)
+        self.summary = summary
+
+    def __str__(self) -> str:
+        errors = self.summary.get("errors") or []
+        shown = "; ".join(str(e.get("message")) for e in errors[:3])
+        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        return f"{len(errors)} item(s) failed: {shown}{more}"
+
+
 class BillingTask(Task):  # type: ignore[misc]
     """Base for every task: transient failures are retried with backoff and jitter."""
 

@@ -37,6 +37,7 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from enum import StrEnum
 from functools import cache
 from itertools import groupby
 from typing import Any
@@ -57,6 +58,7 @@ from models import (
     NotificationStatus,
     Reseller,
 )
+from models.intake import Problem
 from models.invoicing_rules import (
     Totals,
     covered_dates,
@@ -68,7 +70,7 @@ from models.invoicing_rules import (
     invoice_totals,
     local_date,
 )
-from tasks.base import BillingTask, is_transient, utcnow
+from tasks.base import BillingTask, WorkFailed, database_clock, is_transient
 from tasks.notifications import queue_mailing_after_commit
 from worker.celery_app import app
 from worker.config import settings
@@ -134,6 +136,8 @@ class _Prepared:
     lines: list[_Line]
     totals: Totals
     covered: tuple[dt.date, dt.date]
+    issue_date: dt.date
+    due_date: dt.date
 
 
 def _load_periods(session: Session, ids: Sequence[int]) -> dict[int, _Period]:
@@ -286,9 +290,12 @@ def _existing_lines(session: Session, invoice_id: int) -> list[_Line]:
     ]
 
 
-def _prepare(session: Session, period: _Period) -> _Prepared | None:
-    """Phase 1 for one period: claim the invoice, attach the charges, compute the totals."""
+def _prepare(session: Session, period: _Period, now: dt.datetime) -> _Prepared | None:
+    """Phase 1 for one period: claim the invoice, attach the charges, compute the totals and
+    dates. Whatever can fail for this period's own data (its template, its zone) fails here,
+    inside its savepoint, never in phase 2 where the whole batch is numbered at once."""
     template = template_environment().get_template(period.template_name)
+    issue = local_date(now, period.timezone)
     claimed = _claim_invoice(session, period)
     if claimed is None:
         return None
@@ -304,6 +311,8 @@ def _prepare(session: Session, period: _Period) -> _Prepared | None:
         lines=lines,
         totals=totals,
         covered=covered_dates(period.start_date, period.end_date),
+        issue_date=issue,
+        due_date=due_date(issue, period.grace_period_days),
     )
 
 
@@ -344,9 +353,9 @@ def render_invoice(item: _Prepared, number: int, issue: dt.date, due: dt.date) -
     )
 
 
-def _issue(session: Session, prepared: list[_Prepared], now: dt.datetime) -> list[dict[str, Any]]:
+def _issue(session: Session, prepared: list[_Prepared], now: dt.datetime) -> list[IssuedInvoice]:
     """Phase 2: number, render and issue every prepared invoice; write the outbox rows."""
-    issued: list[dict[str, Any]] = []
+    issued: list[IssuedInvoice] = []
     invoice_rows: list[dict[str, Any]] = []
     notification_rows: list[dict[str, Any]] = []
     ordered = sorted(
@@ -363,8 +372,7 @@ def _issue(session: Session, prepared: list[_Prepared], now: dt.datetime) -> lis
         ).scalar_one()
         for number, item in enumerate(items, start=last - len(items) + 1):
             period = item.period
-            issue = local_date(now, period.timezone)
-            due = due_date(issue, period.grace_period_days)
+            issue, due = item.issue_date, item.due_date
             invoice_rows.append(
                 {
                     "id": item.invoice_id,
@@ -397,13 +405,9 @@ def _issue(session: Session, prepared: list[_Prepared], now: dt.datetime) -> lis
                     }
                 )
             issued.append(
-                {
-                    "closed_period_id": period.closed_period_id,
-                    "invoice_id": item.invoice_id,
-                    "reseller_id": reseller_id,
-                    "number": number,
-                    "total": str(item.totals.total),
-                }
+                IssuedInvoice(
+                    period.closed_period_id, item.invoice_id, reseller_id, number, item.totals.total
+                )
             )
     if invoice_rows:
         session.execute(update(Invoice), invoice_rows)
@@ -421,78 +425,223 @@ def _issue(session: Session, prepared: list[_Prepared], now: dt.datetime) -> lis
     return issued
 
 
+class InvoicingStatus(StrEnum):
+    DONE = "done"  # every period of the batch is invoiced (now or before)
+    SOME_FAILED = "some_failed"  # some could not be: see `errors` and `failed`
+
+
+# Codes of the per-period errors.
+MISSING = "missing"  # no such closed period
+GENERATION_FAILED = "generation_failed"  # its own data made generation fail
+EARLIER_PERIOD_PENDING = "earlier_period_pending"  # held: an earlier period is not invoiced
+
+
+@dataclass(frozen=True)
+class IssuedInvoice:
+    closed_period_id: int
+    invoice_id: int
+    reseller_id: int
+    number: int
+    total: Decimal
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "closed_period_id": self.closed_period_id,
+            "invoice_id": self.invoice_id,
+            "reseller_id": self.reseller_id,
+            "number": self.number,
+            "total": str(self.total),
+        }
+
+
+@dataclass(frozen=True)
+class PeriodFailure:
+    closed_period_id: int
+    code: str
+    message: str
+
+    def as_problem(self) -> Problem:
+        return Problem(
+            "closed_period_ids", self.code, f"closed period {self.closed_period_id}: {self.message}"
+        )
+
+
+@dataclass(frozen=True)
+class InvoicingResult:
+    """What one generation did: issued invoices, periods invoiced before, and failures."""
+
+    invoices: tuple[IssuedInvoice, ...] = ()
+    already_invoiced: tuple[int, ...] = ()
+    failures: tuple[PeriodFailure, ...] = ()
+
+    @property
+    def status(self) -> InvoicingStatus:
+        return InvoicingStatus.SOME_FAILED if self.failures else InvoicingStatus.DONE
+
+    @property
+    def issued(self) -> int:
+        return len(self.invoices)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status.value,
+            "errors": [failure.as_problem().as_dict() for failure in self.failures],
+            "issued": self.issued,
+            "invoices": [invoice.as_json() for invoice in self.invoices],
+            "already_invoiced": list(self.already_invoiced),
+            "missing": [f.closed_period_id for f in self.failures if f.code == MISSING],
+            "failed": [f.closed_period_id for f in self.failures if f.code != MISSING],
+        }
+
+
 def _prepare_all(
-    session: Session, periods: list[_Period], summary: dict[str, Any]
-) -> list[_Prepared]:
-    """Phase 1 for the batch. Optimistically all periods in one savepoint (two round trips
-    fewer per invoice); if one of them fails, again one savepoint per period, so that only
-    the bad one is reported and skipped."""
+    session: Session, periods: list[_Period], now: dt.datetime
+) -> tuple[list[_Prepared], list[int], list[PeriodFailure]]:
+    """Phase 1 for the batch: (prepared, already invoiced, failed). Optimistically all
+    periods in one savepoint (two round trips fewer per invoice); if one of them fails,
+    again one savepoint per period, so that only the bad one is reported and skipped.
+
+    Periods go in id order, which is each customer's period order (a customer's periods
+    close one after the other), and a customer's later period is held once an earlier one
+    failed: its invoice is never numbered before the earlier one's. Concurrent generators
+    claim invoices in that same order, so they wait on each other without deadlocking."""
+    outcomes: list[tuple[_Period, _Prepared | None]] = []
+    failures: list[PeriodFailure] = []
     try:
         with session.begin_nested():
-            outcomes = [(period, _prepare(session, period)) for period in periods]
+            outcomes = [(period, _prepare(session, period, now)) for period in periods]
     except Exception as exc:
         if is_transient(exc):
             raise
         outcomes = []
+        failed_customers: set[int] = set()
         for period in periods:
+            if period.customer_id in failed_customers:
+                failures.append(
+                    PeriodFailure(
+                        period.closed_period_id,
+                        EARLIER_PERIOD_PENDING,
+                        "held until the customer's earlier period is invoiced",
+                    )
+                )
+                continue
             try:
                 with session.begin_nested():
-                    outcomes.append((period, _prepare(session, period)))
+                    outcomes.append((period, _prepare(session, period, now)))
             except Exception as exc:
                 if is_transient(exc):
                     raise
-                summary["failed"].append(
-                    {
-                        "closed_period_id": period.closed_period_id,
-                        "error": f"{type(exc).__name__}: {exc}",
-                    }
+                failed_customers.add(period.customer_id)
+                failures.append(
+                    PeriodFailure(
+                        period.closed_period_id, GENERATION_FAILED, f"{type(exc).__name__}: {exc}"
+                    )
                 )
-    prepared = []
-    for period, item in outcomes:
-        if item is None:
-            summary["already_invoiced"].append(period.closed_period_id)
-        else:
-            prepared.append(item)
-    return prepared
+    prepared = [item for _period, item in outcomes if item is not None]
+    already = [period.closed_period_id for period, item in outcomes if item is None]
+    return prepared, already, failures
+
+
+def _earlier_uninvoiced(session: Session, periods: dict[int, _Period]) -> list[int]:
+    """Closed periods not in the batch, not invoiced, that come before a batch period of
+    the same customer: they are invoiced first, so that numbers follow period order."""
+    latest: dict[int, dt.datetime] = {}
+    for period in periods.values():
+        if not period.invoiced:
+            start = latest.get(period.customer_id)
+            latest[period.customer_id] = (
+                max(start, period.period_start) if start else period.period_start
+            )
+    if not latest:
+        return []
+    rows = session.execute(
+        select(ClosedPeriod.id, ClosedPeriod.customer_id, ClosedPeriod.period_start).where(
+            ~ClosedPeriod.invoiced,
+            ClosedPeriod.customer_id.in_(sorted(latest)),
+            ClosedPeriod.id.not_in(sorted(periods)),
+        )
+    ).all()
+    return [row.id for row in rows if row.period_start < latest[row.customer_id]]
+
+
+def _record_failures(
+    session: Session, failures: Sequence[PeriodFailure], now: dt.datetime, retry_after: dt.timedelta
+) -> None:
+    """Count each failed generation on its period and push its next re-queue further away
+    (reconcile re-queues it after `retry_after`, then 2x, 4x, …; see ClosedPeriod)."""
+    failed = [f for f in failures if f.code == GENERATION_FAILED]
+    if not failed:
+        return
+    attempts: dict[int, int] = {
+        row.id: row.invoice_attempts
+        for row in session.execute(
+            select(ClosedPeriod.id, ClosedPeriod.invoice_attempts).where(
+                ClosedPeriod.id.in_([f.closed_period_id for f in failed])
+            )
+        )
+    }
+    session.execute(
+        update(ClosedPeriod),
+        [
+            {
+                "id": f.closed_period_id,
+                "invoice_attempts": attempts[f.closed_period_id] + 1,
+                "invoice_error": f.message[:2000],
+                "invoice_enqueued_at": now + retry_after * (2 ** attempts[f.closed_period_id] - 1),
+            }
+            for f in failed
+        ],
+    )
 
 
 def generate_invoices(
-    session: Session, closed_period_ids: Sequence[int], *, now: dt.datetime
-) -> dict[str, Any]:
-    """Create and issue one invoice per closed period of the batch; returns a JSON summary.
+    session: Session,
+    closed_period_ids: Sequence[int],
+    *,
+    now: dt.datetime,
+    retry_after: dt.timedelta = dt.timedelta(0),
+) -> InvoicingResult:
+    """Create and issue one invoice per closed period of the batch (and first, any earlier
+    uninvoiced period of the same customers, so numbers follow period order).
 
-    Safe to rerun and to run concurrently: a period already invoiced is skipped.
+    Safe to rerun and to run concurrently: a period already invoiced is skipped. A period
+    that fails is reported and skipped, the rest of the batch is issued; the failure is
+    recorded on the period (see `_record_failures`).
     """
     ids = sorted(set(closed_period_ids))
     periods = _load_periods(session, ids)
-    summary: dict[str, Any] = {
-        "issued": 0,
-        "already_invoiced": [],
-        "missing": [i for i in ids if i not in periods],
-        "failed": [],
-        "invoices": [],
-    }
-    todo = []
-    for period_id in ids:
-        period = periods.get(period_id)
-        if period is None:
-            continue
-        if period.invoiced:
-            summary["already_invoiced"].append(period_id)
-        else:
-            todo.append(period)
-    prepared = _prepare_all(session, todo, summary)
-    summary["invoices"] = _issue(session, prepared, now)
-    summary["issued"] = len(summary["invoices"])
-    return summary
+    extra = _earlier_uninvoiced(session, periods)
+    if extra:
+        periods.update(_load_periods(session, extra))
+    failures = [PeriodFailure(i, MISSING, "no such closed period") for i in ids if i not in periods]
+    already = [i for i in sorted(periods) if periods[i].invoiced]
+    todo = [periods[i] for i in sorted(periods) if not periods[i].invoiced]
+    prepared, already_now, failed = _prepare_all(session, todo, now)
+    invoices = _issue(session, prepared, now)
+    _record_failures(session, failed, now, retry_after)
+    return InvoicingResult(
+        invoices=tuple(invoices),
+        already_invoiced=tuple(i for i in sorted(already + already_now) if i in ids),
+        failures=tuple(sorted(failures + failed, key=lambda f: f.closed_period_id)),
+    )
 
 
 @app.task(name="billing.invoices.generate", base=BillingTask, bind=True)
 def generate_invoices_task(self: BillingTask, closed_period_ids: list[int]) -> dict[str, Any]:
-    """Issue the invoices of a batch of closed periods (ids); reruns create nothing new."""
+    """Issue the invoices of a batch of closed periods (ids); reruns create nothing new.
+
+    A period that could not be invoiced fails the task (FAILURE, in Flower too) once the
+    rest of the batch has committed; the summary travels with the error."""
     ids = [int(i) for i in closed_period_ids]
     with unit_of_work() as session:
-        summary = generate_invoices(session, ids, now=utcnow())
-        if summary["issued"]:
+        result = generate_invoices(
+            session,
+            ids,
+            now=database_clock(session),
+            retry_after=dt.timedelta(seconds=settings().reconcile_after),
+        )
+        if result.issued:
             queue_mailing_after_commit(session)
-        return summary
+    if result.failures:
+        raise WorkFailed(result.as_json())
+    return result.as_json()
