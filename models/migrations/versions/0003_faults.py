@@ -1,7 +1,7 @@
 """Dead letters; failed invoice generations recorded on their closed periods
 
-Revision ID: 0002_faults
-Revises: 0001
+Revision ID: 0003_faults
+Revises: 0002_customer_blocks
 Create Date: 2026-12-02 20:00:00
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 import models.base
 
-revision: str = "0002_faults"
-down_revision: str | Sequence[str] | None = "0001"
+revision: str = "0003_faults"
+down_revision: str | Sequence[str] | None = "0002_customer_blocks"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
