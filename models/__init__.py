@@ -17,16 +17,18 @@ from models.billing import (
 )
 from models.catalog import BusinessModel, CustomerClass, Reseller
 from models.closed_period import ClosedPeriod
-from models.customer import BalanceControl, Customer, CustomerStatus
+from models.customer import BalanceControl, BlockReason, Customer, CustomerBlock, CustomerStatus
 from models.dead_letter import DeadLetter
 
 __all__ = [
     "BalanceControl",
     "Base",
+    "BlockReason",
     "BusinessModel",
     "Charge",
     "ClosedPeriod",
     "Customer",
+    "CustomerBlock",
     "CustomerClass",
     "CustomerStatus",
     "DeadLetter",
