@@ -209,6 +209,11 @@ class BackgroundSender:
             parent = Parent.of_current_task(signatures[0].app)
             after_commit(session, partial(self._handed_over.put, (list(signatures), parent)))
 
+    @property
+    def error(self) -> BaseException | None:
+        """What sending raised, if it failed."""
+        return self._error
+
     def wait(self) -> None:
         """Return once every message handed over is sent; raise if sending one failed."""
         self._handed_over.join()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 from typing import Any
 
 import click
@@ -11,7 +12,7 @@ from sqlalchemy import func, select
 
 from models import ClosedPeriod, Customer
 from tasks.base import database_clock
-from tasks.closing import close_due, parse_as_of
+from tasks.closing import CloseStatus, CloseSummary, close_due, parse_as_of
 from worker.config import settings
 from worker.db import unit_of_work
 
@@ -39,22 +40,35 @@ def close_command(as_of: str | None, as_json: bool) -> None:
         now = database_clock(session) if given is None else given
         summary = close_due(session, now=now, batch_size=settings().close_batch_size)
     if as_json:
-        click.echo(json.dumps({"as_of": now.isoformat(), **summary.as_dict()}))
-        return
+        click.echo(json.dumps({"as_of": now.isoformat(), **summary.as_json()}))
+        sys.exit(_exit_code(summary))
     click.echo(
         f"closed {summary.closed} period(s) ended by {now.isoformat()} "
         f"in {summary.batches} batch(es); {summary.invoice_messages} invoice message(s) queued"
     )
     if summary.already_closed:
         click.echo(f"{summary.already_closed} period(s) had already been closed")
-    if summary.unclosable:
-        click.echo(
-            f"{summary.unclosable} customer(s) could not be closed: their stored period is "
-            "not one the period engine accepts (details in the log above)",
-            err=True,
-        )
     for (rule, tz, end_date), count in sorted(summary.by_boundary.items()):
         click.echo(f"  {count:>9}  {rule:<20} {tz:<32} ended {end_date.isoformat()}")
+    if summary.unclosable:
+        click.echo(
+            f"{len(summary.unclosable)} customer(s) could not be closed: their stored period "
+            "is not one the period engine accepts (details in the log above)",
+            err=True,
+        )
+    if summary.send_error:
+        click.echo(
+            f"{summary.unsent} closed period(s) have no invoice message: the broker refused "
+            f"it ({summary.send_error}); they stay closed, and reconcile queues their "
+            "invoices at its next run once the broker is back",
+            err=True,
+        )
+    sys.exit(_exit_code(summary))
+
+
+def _exit_code(summary: CloseSummary) -> int:
+    """0 when everything due was closed and its invoices queued; 1 otherwise."""
+    return 0 if summary.status is CloseStatus.DONE else 1
 
 
 @click.group("periods")
