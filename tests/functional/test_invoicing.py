@@ -279,6 +279,8 @@ def test_a_batch_with_a_failed_period_ends_failure_after_the_good_part_committed
     printed = json.loads(by_cli.stdout)
     assert printed["failed"] == [ids[1]]
     assert "Atlantis/Capital" in printed["errors"][0]["message"]
+    listed = CliRunner().invoke(main, ["periods", "list", "--failed", "--json"])
+    assert [(p["id"], p["invoice_attempts"]) for p in json.loads(listed.stdout)] == [(ids[1], 2)]
 
 
 def test_numbers_follow_period_order_when_missed_periods_arrive_out_of_order(

@@ -11,6 +11,7 @@ import click
 from sqlalchemy import func, select
 
 from models import ClosedPeriod, Customer
+from models.closed_period import MAX_INVOICE_ATTEMPTS
 from tasks.base import database_clock
 from tasks.closing import CloseStatus, CloseSummary, close_due, parse_as_of
 from worker.config import settings
@@ -81,8 +82,13 @@ def periods() -> None:
 @click.option(
     "--limit", default=100, show_default=True, type=click.IntRange(min=1), help="At most this many."
 )
+@click.option(
+    "--failed",
+    is_flag=True,
+    help="Only periods whose invoice generation failed (with the last error).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one array).")
-def list_command(customer_name: str | None, limit: int, as_json: bool) -> None:
+def list_command(customer_name: str | None, limit: int, failed: bool, as_json: bool) -> None:
     """List closed periods, the most recent first."""
     with unit_of_work() as session:
         query = (
@@ -91,6 +97,8 @@ def list_command(customer_name: str | None, limit: int, as_json: bool) -> None:
             .order_by(ClosedPeriod.period_end.desc(), ClosedPeriod.id.desc())
             .limit(limit)
         )
+        if failed:
+            query = query.where(ClosedPeriod.invoice_attempts > 0, ~ClosedPeriod.invoiced)
         if customer_name is not None:
             customer_id = session.scalar(
                 select(Customer.id).where(func.lower(Customer.name) == customer_name.lower())
@@ -112,6 +120,16 @@ def list_command(customer_name: str | None, limit: int, as_json: bool) -> None:
             f"(exclusive)  {row['billing_period']:<20} {row['billing_timezone']:<24} "
             f"{'invoiced' if row['invoiced'] else 'not invoiced'}"
         )
+        if row["invoice_attempts"] and not row["invoiced"]:
+            given_up = (
+                f" (reconcile gave up; fix it, then `billing invoices generate {row['id']}`)"
+                if row["invoice_attempts"] >= MAX_INVOICE_ATTEMPTS
+                else ""
+            )
+            click.echo(
+                f"          invoice failed {row['invoice_attempts']} time(s){given_up}: "
+                f"{row['invoice_error']}"
+            )
 
 
 def _as_json(period: ClosedPeriod, customer: str) -> dict[str, Any]:
@@ -128,6 +146,8 @@ def _as_json(period: ClosedPeriod, customer: str) -> dict[str, Any]:
         "closed_at": _iso(period.closed_at),
         "invoice_enqueued_at": _iso(period.invoice_enqueued_at),
         "invoiced": period.invoiced,
+        "invoice_attempts": period.invoice_attempts,
+        "invoice_error": period.invoice_error,
     }
 
 
