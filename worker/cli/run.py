@@ -27,6 +27,7 @@ from types import FrameType
 import click
 from sqlalchemy.engine import make_url
 
+from tasks.base import one_line
 from worker.beat import PERSISTENT_SCHEDULER, BeatSettings, beat_settings
 from worker.commands import beat_arguments, worker_arguments
 from worker.config import Settings, load_settings
@@ -122,17 +123,12 @@ def _close_due_now(conf: Settings) -> None:
         celery.send_task(entry["task"], **entry["options"])
     except Exception as exc:  # the broker may still be starting; beat sends it later anyway
         click.echo(
-            f"billing run: could not send the first period close now ({_first_line(exc)}); "
+            f"billing run: could not send the first period close now ({one_line(exc)}); "
             "beat sends it at the next interval",
             err=True,
         )
     finally:
         celery.close()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 PROBE_TIMEOUT = 3
@@ -155,7 +151,7 @@ def unreachable_service(conf: Settings) -> str | None:
     except Exception as exc:
         return (
             f"the database {_redacted(conf.database_url)} cannot be reached "
-            f"({_first_line(getattr(exc, 'orig', None) or exc)}): check BILLING_DATABASE_URL "
+            f"({one_line(getattr(exc, 'orig', None) or exc)}): check BILLING_DATABASE_URL "
             "and that the server runs"
         )
     finally:
@@ -173,7 +169,7 @@ def unreachable_service(conf: Settings) -> str | None:
                 connection.ensure_connection(max_retries=1, timeout=PROBE_TIMEOUT)
         except Exception as exc:
             return (
-                f"the {what} {_redacted(url)} cannot be reached ({_first_line(exc)}): "
+                f"the {what} {_redacted(url)} cannot be reached ({one_line(exc)}): "
                 f"check {variable} and that the server runs"
             )
     return None
