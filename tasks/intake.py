@@ -40,9 +40,9 @@ from sqlalchemy import null, select
 from sqlalchemy.orm import Session
 
 from models.base import table_of
-from models.billing import LedgerEntry
+from models.billing import LedgerEntry, LedgerEntryType
 from models.catalog import BusinessModel, CustomerClass, Reseller
-from models.customer import BalanceControl, Customer
+from models.customer import BalanceControl, BlockReason, Customer
 from models.intake import (
     Accepted,
     CatalogRefs,
@@ -57,6 +57,7 @@ from models.intake import (
 from models.names import name_key
 from models.periods import Period, PeriodError, first_period
 from tasks.base import BillingTask, utcnow
+from tasks.blocks import block
 from tasks.queries import customer_by_name
 from worker.celery_app import app
 from worker.db import dialect_insert, unit_of_work
@@ -184,7 +185,6 @@ def _store(
         "currency": intake.currency,
         "credit_limit": None if prepaid else intake.credit_limit,
         "balance": funds if prepaid else Decimal(0),
-        "blocked": prepaid and funds == 0,
         "custom_data": intake.custom_data,
         "created_at": created_at,
         "created_local_date": created_local_date,
@@ -208,11 +208,13 @@ def _store(
             return conflict
     else:
         raise RuntimeError(f"customer {intake.name!r} neither inserted nor found conflicting")
+    if prepaid and funds == 0:
+        block(session, customer_id, BlockReason.NO_FUNDS, at=created_at)
     if prepaid:
         session.execute(
             dialect_insert(session)(table_of(LedgerEntry)).values(
                 customer_id=customer_id,
-                entry_type="opening",
+                entry_type=LedgerEntryType.OPENING,
                 amount=funds,
                 balance_after=funds,
                 created_at=created_at,

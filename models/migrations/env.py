@@ -43,6 +43,8 @@ if connection is not None:
     _run(connection)
 else:
     engine = make_engine(context.config.get_main_option("sqlalchemy.url") or "")
-    with engine.connect() as conn:
-        _run(conn)
-    engine.dispose()
+    try:
+        with engine.connect() as conn:
+            _run(conn)
+    finally:  # also when a revision refuses to run: no connection is left to the collector
+        engine.dispose()

@@ -1,9 +1,10 @@
-"""Migration 0002 (reseller tenancy) upgrades a populated 0001 database, on both backends.
+"""Migration 0004 (reseller tenancy) upgrades a populated database of the previous head.
 
-The database is made at revision 0001 by Alembic and filled through Core with rows of every
-table, as the 0001 code wrote them (a class and business models shared by two resellers,
-unused entries, charges, payments, ledger, a closed period, an invoice with lines and a
-notification). After `upgrade head` every row is checked.
+The database is made at revision 0003_faults (the previous head) by Alembic and filled
+through Core with rows of every table, as the code before tenancy wrote them (a class and
+business models shared by two resellers, unused entries, charges, payments, ledger, a
+block, closed periods, an invoice with lines and a notification, a dead letter). After
+`upgrade head` every row is checked.
 """
 
 from __future__ import annotations
@@ -158,7 +159,23 @@ NOTIFICATIONS = _t(
     "attempts",
     sa.column("created_at", UTCDateTime()),
 )
-UNCHANGED = [LEDGER, PERIODS, INVOICES, LINES, NOTIFICATIONS]
+BLOCKS = _t(
+    "customer_blocks", "id", "customer_id", "reason", sa.column("since", UTCDateTime()), "note"
+)
+DEAD = _t(
+    "dead_letters",
+    "id",
+    sa.column("received_at", UTCDateTime()),
+    "queue",
+    "task",
+    "task_id",
+    "reason_code",
+    "reason",
+    "body",
+    "headers",
+)
+PREVIOUS_HEAD = "0003_faults"
+UNCHANGED = [LEDGER, PERIODS, INVOICES, LINES, NOTIFICATIONS, BLOCKS, DEAD]
 
 
 def _customer(i: int, reseller: int, name: str, model: int, cls: int, **more: Any) -> dict:
@@ -472,6 +489,26 @@ def _populate(conn: sa.Connection, *, clash: bool = False) -> None:
             }
         ],
     )
+    conn.execute(
+        BLOCKS.insert(),
+        [{"id": 1, "customer_id": 3, "reason": "no_funds", "since": T1, "note": "empty"}],
+    )
+    conn.execute(
+        DEAD.insert(),
+        [
+            {
+                "id": 1,
+                "received_at": T1,
+                "queue": "intake",
+                "task": "billing.customers.create",
+                "task_id": "t-1",
+                "reason_code": "undecodable",
+                "reason": "not JSON",
+                "body": "\\xff",
+                "headers": "{}",
+            }
+        ],
+    )
     if conn.dialect.name == "postgresql":  # the rows above gave their ids explicitly
         for table in (RESELLERS, MODELS, CLASSES, CUSTOMERS, CHARGES, PAYMENTS, *UNCHANGED):
             conn.execute(
@@ -487,27 +524,27 @@ def _dump(conn: sa.Connection, table: sa.TableClause) -> list[tuple[Any, ...]]:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def url_at_0001(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty database of either backend at revision 0001."""
+def url_at_previous_head(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database of either backend at the revision before tenancy."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'billing.db'}"
-        upgrade(url, "0001")
+        upgrade(url, PREVIOUS_HEAD)
         yield url
         return
     name = f"{TEST_DATABASE}_mig"
     create_database(ADMIN_DATABASE_URL, name)
     url = make_url(ADMIN_DATABASE_URL).set(database=name).render_as_string(hide_password=False)
     try:
-        upgrade(url, "0001")
+        upgrade(url, PREVIOUS_HEAD)
         yield url
     finally:
         drop_database(ADMIN_DATABASE_URL, name)
 
 
-def test_a_populated_0001_database_upgrades_with_every_row_kept(url_at_0001: str) -> None:
+def test_a_populated_database_upgrades_with_every_row_kept(url_at_previous_head: str) -> None:
     """Every row survives; shared classes and models are copied per reseller, customers
     point at their own reseller's copy, keys are filled and scoped per reseller."""
-    engine = make_engine(url_at_0001)
+    engine = make_engine(url_at_previous_head)
     with engine.begin() as conn:
         _populate(conn)
         before = {t.name: _dump(conn, t) for t in [*UNCHANGED, CUSTOMERS, CHARGES, PAYMENTS]}
@@ -516,9 +553,9 @@ def test_a_populated_0001_database_upgrades_with_every_row_kept(url_at_0001: str
         old_resellers = _dump(conn, RESELLERS)
     engine.dispose()
 
-    upgrade(url_at_0001)
+    upgrade(url_at_previous_head)
 
-    engine = make_engine(url_at_0001)
+    engine = make_engine(url_at_previous_head)
     with engine.connect() as conn:
         for table in UNCHANGED:  # not a column, nor a row, changed
             assert _dump(conn, table) == before[table.name], table.name
@@ -606,7 +643,7 @@ def test_a_populated_0001_database_upgrades_with_every_row_kept(url_at_0001: str
             assert all(mine == theirs for mine, theirs in scoped)
     engine.dispose()
 
-    _new_rules_hold(url_at_0001)
+    _new_rules_hold(url_at_previous_head)
 
 
 def _new_rules_hold(url: str) -> None:
@@ -641,17 +678,19 @@ def _typed(row: dict[str, Any]) -> dict[str, Any]:
     return {k: sa.bindparam(k, v, type_=types.get(k)) for k, v in row.items()}
 
 
-def test_resellers_that_differ_only_by_case_stop_the_upgrade_by_name(url_at_0001: str) -> None:
+def test_resellers_that_differ_only_by_case_stop_the_upgrade_by_name(
+    url_at_previous_head: str,
+) -> None:
     """`acme` and `ACME` are not merged silently: the upgrade fails naming both, and the
-    database stays at 0001 with its rows."""
+    database stays at the previous revision with its rows."""
     from worker.migrate import current_revision
 
-    engine = make_engine(url_at_0001)
+    engine = make_engine(url_at_previous_head)
     with engine.begin() as conn:
         _populate(conn, clash=True)
     with pytest.raises(Exception, match=r"'ACME' and 'acme'"):
-        upgrade(url_at_0001)
-    assert current_revision(engine) == "0001"
+        upgrade(url_at_previous_head)
+    assert current_revision(engine) == PREVIOUS_HEAD
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM customers")).scalar() == 4
         assert "name_key" not in {c["name"] for c in sa.inspect(conn).get_columns("resellers")}

@@ -1,10 +1,10 @@
 """The reseller is the tenant: catalog per reseller, name keys, per-reseller idempotency keys
 
-Revision ID: 0002_reseller_tenancy
-Revises: 0001
+Revision ID: 0004_reseller_tenancy
+Revises: 0003_faults
 Create Date: 2026-12-02 20:00:00
 
-Upgrades a populated database of revision 0001:
+Upgrades a populated database of the previous head (0003_faults; the catalog as 0001 made it):
 
 - `resellers.name_key` (see `models.names.name_key`), unique. Two resellers whose names
   share a key (`acme` and `ACME`) stop the upgrade with a message naming them: merging
@@ -33,8 +33,8 @@ from alembic import op
 
 from models.names import MAX_KEY_LENGTH, name_key
 
-revision: str = "0002_reseller_tenancy"
-down_revision: str | Sequence[str] | None = "0001"
+revision: str = "0004_reseller_tenancy"
+down_revision: str | Sequence[str] | None = "0003_faults"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -284,6 +284,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     raise NotImplementedError(
-        "0002 splits the catalog per reseller and cannot be undone without choosing which "
+        "0004 splits the catalog per reseller and cannot be undone without choosing which "
         "copy of each entry to keep; restore a backup taken before the upgrade instead"
     )
