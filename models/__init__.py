@@ -8,6 +8,8 @@ from models.billing import Charge, Invoice, InvoiceLine, LedgerEntry, Notificati
 from models.catalog import BusinessModel, CustomerClass, Reseller
 from models.closed_period import ClosedPeriod
 from models.customer import BalanceControl, Customer, CustomerStatus
+from models.customer_history import CustomerChange
+from models.plans import Plan, PlanFee, Subscription, SubscriptionFee
 
 __all__ = [
     "BalanceControl",
@@ -16,6 +18,7 @@ __all__ = [
     "Charge",
     "ClosedPeriod",
     "Customer",
+    "CustomerChange",
     "CustomerClass",
     "CustomerStatus",
     "Invoice",
@@ -23,5 +26,9 @@ __all__ = [
     "LedgerEntry",
     "Notification",
     "Payment",
+    "Plan",
+    "PlanFee",
     "Reseller",
+    "Subscription",
+    "SubscriptionFee",
 ]
