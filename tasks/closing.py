@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, func, select, text, update
+from sqlalchemy import ColumnElement, Select, func, or_, select, text, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
@@ -38,6 +38,7 @@ from models import ClosedPeriod, Customer, CustomerStatus
 from models.closing_rules import Advance, GroupedPeriods
 from models.intake import parse_instant
 from tasks.base import BackgroundSender, BillingTask
+from tasks.period_changes import close_switching_periods
 from worker.celery_app import app
 from worker.config import settings
 from worker.db import unit_of_work
@@ -106,7 +107,21 @@ def close_due(
         while True:
             claimed = session.execute(_claim_due(session, now, batch_size, unclosable)).all()
             if not claimed:
-                break
+                # Customers whose period ends where a rule or zone change waits are closed
+                # one by one (tasks.period_changes); they may then be due again.
+                switched, switched_ids = close_switching_periods(session, now=now, limit=batch_size)
+                if not switched:
+                    break
+                summary.batches += 1
+                summary.advanced += switched
+                summary.closed += len(switched_ids)
+                summary.already_closed += switched - len(switched_ids)
+                summary.invoice_messages += _queue_invoices(
+                    session, sender, switched_ids, invoice_batch
+                )
+                sender.wait()
+                session.commit()
+                continue
             steps = []
             for rule, tz, created, start, end, joined_ids in claimed:
                 ids = _id_list(joined_ids)
@@ -148,7 +163,15 @@ def _claim_due(
             Customer.current_period_start,
             Customer.current_period_end,
         )
-        .where(Customer.status == CustomerStatus.ACTIVE.value, Customer.current_period_end <= now)
+        .where(
+            Customer.status == CustomerStatus.ACTIVE.value,
+            Customer.current_period_end <= now,
+            # A period ending where a rule or zone change waits: see close_switching_periods.
+            or_(
+                Customer.pending_from.is_(None),
+                Customer.current_period_end != Customer.pending_from,
+            ),
+        )
         .order_by(Customer.current_period_end)
         .limit(batch_size)
         # FOR NO KEY UPDATE, the lock the UPDATE takes anyway: it keeps other closers off

@@ -31,6 +31,7 @@ TASK_MODULES = [
     "tasks.closing",
     "tasks.invoicing",
     "tasks.charges",
+    "tasks.customer_close",
 ]
 
 TASK_ROUTES = {

@@ -47,6 +47,10 @@ class Settings:
     # and more to redo when a worker dies mid-task (a rerun creates nothing new).
     invoice_batch_size: int
     close_batch_size: int
+    # How far ahead of this machine's clock an instant given by a user (`billing close
+    # --as-of`, a charge's `occurred_at`, a payment's `received_at`) may be before it is
+    # refused as "in the future": clocks of the machines that produce them disagree a little.
+    clock_skew_seconds: int
     embedded_database: bool
     embedded_broker: bool
     # Beat (see worker/beat.py): longest sleep between looks at the schedule, the redbeat
@@ -129,6 +133,7 @@ def load_settings() -> Settings:
         reconcile_after=_env_int("BILLING_RECONCILE_AFTER", 900, minimum=0),
         invoice_batch_size=_env_int("BILLING_INVOICE_BATCH", 500),
         close_batch_size=_env_int("BILLING_CLOSE_BATCH", 2000),
+        clock_skew_seconds=_env_int("BILLING_CLOCK_SKEW", 120, minimum=0),
         embedded_database=embedded_database,
         embedded_broker=embedded_broker,
         beat_max_interval=_env_int("BILLING_BEAT_MAX_INTERVAL", 30),
