@@ -16,8 +16,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models import Customer, Plan, Subscription
+from models import Customer, Plan, PlanFee, Subscription
 from models.invoicing_rules import local_date
+from models.names import name_key
+from models.subscription_requests import PlanRef
 
 
 @dataclass(frozen=True)
@@ -95,3 +97,24 @@ def set_quantities(
         changed = True
     session.flush()
     return changed
+
+
+def plans_named(session: Session, reseller_id: int, names: Iterable[str]) -> dict[str, PlanRef]:
+    """The reseller's plans with these names, by name key, with the currencies they offer."""
+    keys = {name_key(name) for name in names}
+    if not keys:
+        return {}
+    rows = session.execute(
+        select(Plan.id, Plan.name, Plan.name_key, Plan.business_model_id, PlanFee.currency)
+        .outerjoin(PlanFee, PlanFee.plan_id == Plan.id)
+        .where(Plan.reseller_id == reseller_id, Plan.name_key.in_(keys))
+    ).all()
+    found: dict[str, tuple[int, str, int, set[str]]] = {}
+    for row in rows:
+        entry = found.setdefault(row.name_key, (row.id, row.name, row.business_model_id, set()))
+        if row.currency is not None:
+            entry[3].add(row.currency)
+    return {
+        key: PlanRef(plan_id, name, model_id, frozenset(currencies))
+        for key, (plan_id, name, model_id, currencies) in found.items()
+    }
