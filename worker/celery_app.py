@@ -32,6 +32,7 @@ TASK_MODULES = [
     "tasks.invoicing",
     "tasks.charges",
     "tasks.customer_close",
+    "tasks.customer_update",
 ]
 
 TASK_ROUTES = {
