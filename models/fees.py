@@ -26,13 +26,16 @@ each end makes consecutive pieces add up to exactly the share of the days they c
 partial periods never bill more than the full fee. A line differs from its own rounded
 share by at most one minor unit.
 
+**Which invoice.** An in-advance fee for a period is billed on the invoice of the period
+before it when the subscription began before that period did; a subscription that began
+during a period (the customer's first period included) has that period's fee on the
+period's own invoice. When an advance-billed subscription covers fewer days than were
+billed (ended, quantity changed, customer closed mid-period), that period's invoice
+carries a credit line for the days not used. Each fee thus has one invoice, whatever order
+invoices are generated in.
+
 **Exactly once.** The caller records every fee billed per (subscription, period start,
-kind), unique in the database. An in-advance fee for a period is billed on the invoice of
-the period before it, or, for a customer's first period and for a subscription added during
-a period, on the invoice of that period itself; whichever invoice comes first bills it and
-the other finds it recorded. When an advance-billed subscription covers fewer days than
-were billed (ended, quantity changed, customer closed mid-period), that period's invoice
-carries a credit line for the days not used.
+kind), unique in the database, and never bills a recorded one again.
 """
 
 from __future__ import annotations
@@ -180,6 +183,7 @@ class Subscription:
     unit_fee: Decimal
     quantity: int
     days: Days
+    started: dt.datetime  # the instant the term began
 
     @property
     def full_amount(self) -> Decimal:
@@ -240,7 +244,8 @@ def fee_lines(
     are never billed again.
 
     - arrears terms: their days in `closed`;
-    - advance terms: their days in `closed` and in `following` not billed yet;
+    - advance terms: their days in `following` if they began before it, and in `closed` if
+      they began during it;
     - a credit for each advance-billed term of `closed` that used fewer days than billed.
     """
     done = set(already)
@@ -252,6 +257,8 @@ def fee_lines(
         for period in periods:
             if period is None or (term.id, period.key, kind) in done:
                 continue
+            if kind == FeeKind.ADVANCE and (term.started < period.key) != (period is following):
+                continue  # the other invoice's fee (see "Which invoice")
             covered = coverage(term.days, period.days, period.whole)
             if covered is None:
                 continue

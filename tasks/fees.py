@@ -134,6 +134,7 @@ def _terms(session: Session, period: ClosedPeriodFees, first: dt.date, end: dt.d
                 Subscription.quantity,
                 Subscription.starts_on,
                 Subscription.ends_on,
+                Subscription.starts_at,
                 Plan.name,
                 Plan.billing_mode,
                 PlanFee.amount,
@@ -173,6 +174,7 @@ def bill_fees(session: Session, period: ClosedPeriodFees, invoice_id: int) -> li
             unit_fee=row.amount,
             quantity=row.quantity,
             days=Days(row.starts_on, row.ends_on),
+            started=row.starts_at,
         )
         for row in rows
     ]

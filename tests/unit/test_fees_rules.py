@@ -204,7 +204,10 @@ APRIL_BILLED = Billed(Decimal("30.00"), APRIL.days)
 def _term(
     id: int, mode: BillingMode, start: D, end: D | None = None, quantity: int = 1
 ) -> Subscription:
-    return Subscription(id, f"plan {id}", mode, Decimal("30.00"), quantity, Days(start, end))
+    started = dt.datetime(start.year, start.month, start.day, 9, tzinfo=UTC)
+    return Subscription(
+        id, f"plan {id}", mode, Decimal("30.00"), quantity, Days(start, end), started
+    )
 
 
 def test_arrears_bills_the_closed_period_and_advance_bills_both_at_first() -> None:
@@ -228,6 +231,15 @@ def test_arrears_bills_the_closed_period_and_advance_bills_both_at_first() -> No
     ]
     assert describe(lines[0]) == "plan 1, March 19 \N{EN DASH} March 31, 2026 (13/31 days)"
     assert describe(lines[2]) == "plan 2, April 1 \N{EN DASH} April 30, 2026 (in advance)"
+
+
+def test_each_advance_fee_has_one_invoice_whatever_the_order() -> None:
+    """A term begun before April bills April on March's invoice, never on April's own."""
+    term = _term(2, BillingMode.ADVANCE, D(2026, 1, 1))
+    on_april = fee_lines(APRIL, None, [term], {}, [], "USD")
+    assert on_april == []
+    on_march = fee_lines(MARCH, APRIL, [term], {}, [], "USD")
+    assert [line.period_key for line in on_march] == [APRIL.key]
 
 
 def test_advance_already_billed_is_never_billed_again() -> None:
