@@ -7,17 +7,19 @@ from models.base import Base
 from models.billing import Charge, Invoice, InvoiceLine, LedgerEntry, Notification, Payment
 from models.catalog import BusinessModel, CustomerClass, Reseller
 from models.closed_period import ClosedPeriod
-from models.customer import BalanceControl, Customer, CustomerStatus
+from models.customer import BalanceControl, BlockReason, Customer, CustomerBlock, CustomerStatus
 from models.customer_history import CustomerChange
 from models.plans import Plan, PlanFee, Subscription, SubscriptionFee
 
 __all__ = [
     "BalanceControl",
     "Base",
+    "BlockReason",
     "BusinessModel",
     "Charge",
     "ClosedPeriod",
     "Customer",
+    "CustomerBlock",
     "CustomerChange",
     "CustomerClass",
     "CustomerStatus",

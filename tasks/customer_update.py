@@ -32,7 +32,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models import Customer, CustomerClass, CustomerStatus
+from models import BlockReason, Customer, CustomerClass, CustomerStatus
 from models.customer import BalanceControl
 from models.customer_update import UpdateDraft, parse_update
 from models.intake import CustomField, Problem, check_custom_data
@@ -40,6 +40,7 @@ from models.invoicing_rules import is_blocked
 from models.money import decimal_places, minor_units
 from models.subscription_requests import check_plans
 from tasks.base import BillingTask, utcnow
+from tasks.blocks import set_blocked
 from tasks.customer_history import Change, record_changes
 from tasks.queries import customer_by_name, resolve_reseller
 from tasks.subscriptions import (
@@ -301,8 +302,13 @@ def _apply(session: Session, customer: Customer, plan: _Plan, now: dt.datetime) 
         customer.custom_data = plan.custom_data
     if plan.credit_limit is not None:
         customer.credit_limit = plan.credit_limit[0]
-        customer.blocked = is_blocked(
-            customer.balance_control, customer.balance, customer.credit_limit
+        session.flush()
+        set_blocked(
+            session,
+            customer,
+            BlockReason.CREDIT_LIMIT,
+            is_blocked(customer.balance_control, customer.balance, customer.credit_limit),
+            at=now,
         )
     if plan.pending is not None:
         (

@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session
 from models.base import table_of
 from models.billing import LedgerEntry
 from models.catalog import BusinessModel, CustomerClass, Reseller
-from models.customer import BalanceControl, Customer
+from models.customer import BalanceControl, BlockReason, Customer
 from models.intake import (
     Accepted,
     CatalogRefs,
@@ -53,6 +53,7 @@ from models.intake import (
 )
 from models.periods import Period, PeriodError, first_period
 from tasks.base import BillingTask, utcnow
+from tasks.blocks import block
 from worker.celery_app import app
 from worker.db import dialect_insert, unit_of_work
 
@@ -168,7 +169,6 @@ def _store(
         "currency": intake.currency,
         "credit_limit": None if prepaid else intake.credit_limit,
         "balance": funds if prepaid else Decimal(0),
-        "blocked": prepaid and funds == 0,
         "custom_data": intake.custom_data,
         "created_at": created_at,
         "created_local_date": created_local_date,
@@ -192,6 +192,8 @@ def _store(
             return conflict
     else:
         raise RuntimeError(f"customer {intake.name!r} neither inserted nor found conflicting")
+    if prepaid and funds == 0:
+        block(session, customer_id, BlockReason.NO_FUNDS, at=created_at)
     if prepaid:
         session.execute(
             dialect_insert(session)(table_of(LedgerEntry)).values(

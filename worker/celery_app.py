@@ -33,6 +33,7 @@ TASK_MODULES = [
     "tasks.charges",
     "tasks.customer_close",
     "tasks.customer_update",
+    "tasks.customer_suspension",
 ]
 
 TASK_ROUTES = {

@@ -23,6 +23,7 @@ from models import (
 from tasks.charges import record_charge
 from tasks.closing import close_due
 from tasks.customer_close import close_customer
+from tasks.customer_suspension import resume_customer, suspend_customer
 from tasks.customer_update import update_customer
 from tasks.invoicing import generate_invoices
 from tests.factories import make_customer
@@ -484,3 +485,31 @@ def test_close_refusals_change_nothing(session, at: str, code: str) -> None:
     assert [e["code"] for e in result.as_json()["errors"]] == [code]
     session.refresh(customer)
     assert customer.status == "active"
+
+
+def test_suspend_and_resume_are_an_operator_block_of_their_own(session) -> None:
+    """Suspending blocks for the operator reason; resuming lifts only it, so a customer
+    also over its credit limit stays blocked; both are idempotent and in the history."""
+    customer = make_customer(session, name="Paused", balance=Decimal("120.00"))
+    session.commit()
+    now = _at("2026-03-05T10:00:00Z")
+    first = suspend_customer(session, reseller="acme", name="paused", note="fraud check", now=now)
+    again = suspend_customer(session, reseller="acme", name="Paused", now=now)
+    assert (first.status, again.status) == ("suspended", "already_suspended")
+    assert first.as_json()["block_reasons"] == ["operator"]
+    update_customer(session, {"name": "Paused", "credit_limit": "100.00"}, now=now)
+    resumed = resume_customer(session, reseller="acme", name="Paused", now=now)
+    assert resumed.as_json() | {"customer_id": None} == {
+        "status": "resumed",
+        "customer_id": None,
+        "name": "Paused",
+        "blocked": True,
+        "block_reasons": ["credit_limit"],
+    }
+    assert resume_customer(session, reseller="acme", name="Paused", now=now).status == (
+        "not_suspended"
+    )
+    session.refresh(customer)
+    assert customer.blocked
+    fields = session.scalars(select(CustomerChange.field).order_by(CustomerChange.id)).all()
+    assert fields == ["suspension", "credit_limit", "suspension"]

@@ -1,7 +1,7 @@
-"""`billing customers update | close | history`: a customer's life after intake.
+"""`billing customers update | suspend | resume | close | history`: life after intake.
 
 Each command runs its service in this process, in one transaction (the same services as
-the tasks `billing.customers.update` and `billing.customers.close`), and prints what changed
+the tasks `billing.customers.update`, `.suspend`, `.resume` and `.close`), and prints what changed
 or every reason it refused; exit status 1 on a refusal. Invoice generation a close needs is
 queued to the workers after the commit.
 """
@@ -18,6 +18,7 @@ import click
 from tasks.closing import parse_as_of
 from tasks.customer_close import close_customer
 from tasks.customer_history import history
+from tasks.customer_suspension import resume_customer, suspend_customer
 from tasks.customer_update import update_customer
 from tasks.queries import ResellerRef, customer_by_name, resolve_reseller
 from tasks.subscriptions import current_subscriptions
@@ -185,6 +186,47 @@ def close_command(name: str, reseller: str | None, at: str | None, as_json: bool
     click.echo(
         f"{result['name']} closed at {result['closed_at']}; {periods} period(s) closed, "
         "the last one is the final invoice (queued)"
+    )
+
+
+@customers.command("suspend")
+@click.argument("name")
+@click.option("--reseller", help="The customer's reseller (needed when there are several).")
+@click.option("--note", default="", help="Why (kept with the block and in the history).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def suspend_command(name: str, reseller: str | None, note: str, as_json: bool) -> None:
+    """Suspend the customer NAME: block it for the operator reason (charges refused; it is
+    still billed). Resume lifts only this reason."""
+    now = dt.datetime.now(dt.UTC)
+    with unit_of_work() as session:
+        result = suspend_customer(
+            session, reseller=reseller, name=name, note=note, now=now
+        ).as_json()
+    _report_suspension(result, as_json)
+
+
+@customers.command("resume")
+@click.argument("name")
+@click.option("--reseller", help="The customer's reseller (needed when there are several).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def resume_command(name: str, reseller: str | None, as_json: bool) -> None:
+    """Resume the customer NAME: lift the operator block (other block reasons stay)."""
+    now = dt.datetime.now(dt.UTC)
+    with unit_of_work() as session:
+        result = resume_customer(session, reseller=reseller, name=name, now=now).as_json()
+    _report_suspension(result, as_json)
+
+
+def _report_suspension(result: dict[str, Any], as_json: bool) -> None:
+    if result["status"] == "refused":
+        _refused(result, as_json)
+    if as_json:
+        click.echo(json.dumps(result, indent=2, ensure_ascii=False))
+        return
+    still = ", ".join(result["block_reasons"]) or "none"
+    click.echo(
+        f"{result['name']}: {result['status'].replace('_', ' ')}; "
+        f"{'blocked' if result['blocked'] else 'not blocked'} (block reasons: {still})"
     )
 
 

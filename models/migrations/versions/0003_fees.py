@@ -2,7 +2,7 @@
 billing period changes and closing
 
 Revision ID: 0003_fees
-Revises: 0001
+Revises: 0002_customer_blocks
 Create Date: 2026-12-02 20:00:00
 """
 
@@ -14,7 +14,7 @@ from alembic import op
 import models.base
 
 revision: str = "0003_fees"
-down_revision: str | Sequence[str] | None = "0001"
+down_revision: str | Sequence[str] | None = "0002_customer_blocks"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
