@@ -163,12 +163,15 @@ def upgrade() -> None:
     op.create_index(
         "ix_customer_changes_customer", "customer_changes", ["customer_id", "id"], unique=False
     )
-    with op.batch_alter_table("customers") as batch:
-        batch.add_column(sa.Column("pending_billing_period", sa.String(length=32), nullable=True))
-        batch.add_column(sa.Column("pending_billing_timezone", sa.String(length=64), nullable=True))
-        batch.add_column(sa.Column("pending_from", models.base.UTCDateTime(), nullable=True))
-        batch.add_column(sa.Column("closed_at", models.base.UTCDateTime(), nullable=True))
-    with op.batch_alter_table("invoice_lines") as batch:
+    # Plain ADD COLUMN on both databases: a batch rebuild of `customers` on SQLite would have
+    # to reflect its expression index, which SQLite's reflection cannot do.
+    op.add_column("customers", sa.Column("pending_billing_period", sa.String(32), nullable=True))
+    op.add_column("customers", sa.Column("pending_billing_timezone", sa.String(64), nullable=True))
+    op.add_column("customers", sa.Column("pending_from", models.base.UTCDateTime(), nullable=True))
+    op.add_column("customers", sa.Column("closed_at", models.base.UTCDateTime(), nullable=True))
+    # On SQLite the batch rebuild works from the table as revision 0001 wrote it, so it
+    # reflects nothing (reflection would reach `customers` and its expression index).
+    with op.batch_alter_table("invoice_lines", copy_from=_invoice_lines_0001()) as batch:
         batch.add_column(sa.Column("fee_id", _KEY, nullable=True))
         batch.create_foreign_key(
             op.f("fk_invoice_lines_fee_id_subscription_fees"),
@@ -179,16 +182,39 @@ def upgrade() -> None:
         batch.create_unique_constraint(op.f("uq_invoice_lines_fee_id"), ["fee_id"])
 
 
+def _invoice_lines_0001() -> sa.Table:
+    metadata = sa.MetaData()
+    for referred in ("invoices", "charges", "subscription_fees"):
+        sa.Table(referred, metadata, sa.Column("id", _KEY, primary_key=True))
+    return sa.Table(
+        "invoice_lines",
+        metadata,
+        sa.Column("id", _KEY, nullable=False),
+        sa.Column("invoice_id", _KEY, nullable=False),
+        sa.Column("charge_id", _KEY, nullable=True),
+        sa.Column("description", sa.String(length=500), nullable=False),
+        sa.Column("amount", models.base.ExactDecimal(4), nullable=False),
+        sa.Column("occurred_at", models.base.UTCDateTime(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["charge_id"], ["charges.id"], name="fk_invoice_lines_charge_id_charges"
+        ),
+        sa.ForeignKeyConstraint(
+            ["invoice_id"], ["invoices.id"], name="fk_invoice_lines_invoice_id_invoices"
+        ),
+        sa.PrimaryKeyConstraint("id", name="pk_invoice_lines"),
+        sa.UniqueConstraint("charge_id", name="uq_invoice_lines_charge_id"),
+        sa.Index("ix_invoice_lines_invoice_id", "invoice_id"),
+    )
+
+
 def downgrade() -> None:
     with op.batch_alter_table("invoice_lines") as batch:
         batch.drop_constraint(op.f("uq_invoice_lines_fee_id"), type_="unique")
         batch.drop_constraint(op.f("fk_invoice_lines_fee_id_subscription_fees"), type_="foreignkey")
         batch.drop_column("fee_id")
-    with op.batch_alter_table("customers") as batch:
-        batch.drop_column("closed_at")
-        batch.drop_column("pending_from")
-        batch.drop_column("pending_billing_timezone")
-        batch.drop_column("pending_billing_period")
+    for column in ("closed_at", "pending_from", "pending_billing_timezone"):
+        op.drop_column("customers", column)
+    op.drop_column("customers", "pending_billing_period")
     op.drop_index("ix_customer_changes_customer", table_name="customer_changes")
     op.drop_table("customer_changes")
     op.drop_index(op.f("ix_subscription_fees_invoice_id"), table_name="subscription_fees")
