@@ -4,11 +4,22 @@ Importing the package registers every table on `Base.metadata`.
 """
 
 from models.base import Base
-from models.billing import Charge, Invoice, InvoiceLine, LedgerEntry, Notification, Payment
+from models.billing import (
+    Charge,
+    Invoice,
+    InvoiceLine,
+    InvoiceStatus,
+    LedgerEntry,
+    LedgerEntryType,
+    Notification,
+    NotificationStatus,
+    Payment,
+)
 from models.catalog import BusinessModel, CustomerClass, Reseller
 from models.closed_period import ClosedPeriod
 from models.customer import BalanceControl, BlockReason, Customer, CustomerBlock, CustomerStatus
 from models.customer_history import CustomerChange
+from models.dead_letter import DeadLetter
 from models.plans import Plan, PlanFee, Subscription, SubscriptionFee
 
 __all__ = [
@@ -23,10 +34,14 @@ __all__ = [
     "CustomerChange",
     "CustomerClass",
     "CustomerStatus",
+    "DeadLetter",
     "Invoice",
     "InvoiceLine",
+    "InvoiceStatus",
     "LedgerEntry",
+    "LedgerEntryType",
     "Notification",
+    "NotificationStatus",
     "Payment",
     "Plan",
     "PlanFee",

@@ -1,8 +1,8 @@
 """Plans, subscriptions and the fees billed for them; customer change history, pending
 billing period changes and closing
 
-Revision ID: 0003_fees
-Revises: 0002_customer_blocks
+Revision ID: 0004_fees
+Revises: 0003_faults
 Create Date: 2026-12-02 20:00:00
 """
 
@@ -13,8 +13,8 @@ from alembic import op
 
 import models.base
 
-revision: str = "0003_fees"
-down_revision: str | Sequence[str] | None = "0002_customer_blocks"
+revision: str = "0004_fees"
+down_revision: str | Sequence[str] | None = "0003_faults"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
