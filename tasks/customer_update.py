@@ -23,6 +23,7 @@ When changes take effect:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -37,7 +38,7 @@ from models.customer import BalanceControl
 from models.customer_update import UpdateDraft, parse_update
 from models.intake import CustomField, Problem, check_custom_data
 from models.invoicing_rules import is_blocked
-from models.money import decimal_places, minor_units
+from models.money import decimal_places, minor_units, quantum
 from models.subscription_requests import check_plans
 from tasks.base import BillingTask, utcnow
 from tasks.blocks import set_blocked
@@ -90,8 +91,8 @@ def _rejected(problems: list[Problem]) -> UpdateResult:
     return UpdateResult(UpdateStatus.REJECTED, errors=tuple(problems))
 
 
-def _money(amount: Decimal | None) -> str | None:
-    return None if amount is None else str(amount)
+def _money(amount: Decimal | None, currency: str) -> str | None:
+    return None if amount is None else str(amount.quantize(quantum(currency)))
 
 
 @dataclass
@@ -146,6 +147,9 @@ def update_customer(
     if problems:
         return _rejected(problems)
     _apply(session, customer, plan, now)
+    plan.changes = [
+        dataclasses.replace(c, effective_at=c.effective_at or now) for c in plan.changes
+    ]
     request = values.get("request_id") or request_id
     record_changes(session, customer.id, plan.changes, now=now, request_id=request)
     status = UpdateStatus.UPDATED if plan.changes else UpdateStatus.UNCHANGED
@@ -228,7 +232,13 @@ def _plan_credit_limit(
         return
     if limit != customer.credit_limit:
         plan.credit_limit = (limit,)
-        plan.changes.append(Change("credit_limit", _money(customer.credit_limit), _money(limit)))
+        plan.changes.append(
+            Change(
+                "credit_limit",
+                _money(customer.credit_limit, customer.currency),
+                _money(limit, customer.currency),
+            )
+        )
 
 
 def _plan_billing_period(
