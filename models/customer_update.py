@@ -28,6 +28,7 @@ from models.intake import (
     IdempotencyKey,
     Problem,
     TimezoneName,
+    _problems_from,
 )
 from models.subscription_requests import SubscriptionRequest, parse_subscriptions
 
@@ -75,14 +76,7 @@ def _check(name: str, raw: object) -> tuple[Any, list[Problem]]:
     try:
         return adapter.validate_python(raw, strict=True), []
     except ValidationError as error:
-        problems = []
-        for detail in error.errors(include_url=False):
-            kind = detail["type"]
-            if kind.endswith("_type") or kind in {"union_tag_invalid", "is_instance_of"}:
-                problems.append(Problem(name, "invalid_type", f"{name} must be {expected}"))
-            else:
-                problems.append(Problem(name, kind, detail["msg"]))
-        return None, list(dict.fromkeys(problems))
+        return None, _problems_from(name, error, expected)
 
 
 def parse_update(payload: object) -> UpdateDraft:
