@@ -39,7 +39,7 @@ from models import ClosedPeriod, Customer, CustomerStatus
 from models.closed_period import MAX_INVOICE_ATTEMPTS
 from models.closing_rules import Advance, GroupedPeriods
 from models.intake import Problem, parse_instant
-from tasks.base import BackgroundSender, BillingTask, WorkFailed, database_clock
+from tasks.base import BackgroundSender, BillingTask, WorkFailed, database_clock, one_line
 from tasks.period_changes import close_switching_periods
 from worker.broker_queues import queued_closed_period_ids
 from worker.celery_app import app
@@ -200,7 +200,7 @@ def close_due(
                 .values(invoice_enqueued_at=None)
             )
             session.commit()
-        send_error = _one_line(exc)
+        send_error = one_line(exc)
         logger.error(
             "the broker refused invoice messages (%s): %s closed period(s) left for reconcile",
             send_error,
@@ -221,16 +221,6 @@ def close_due(
         send_error=send_error,
         by_boundary=tally.by_boundary,
     )
-
-
-def _one_line(exc: BaseException) -> str:
-    """An error as one line: its first non-blank line, and its cause's (what was down)."""
-    parts = []
-    for error in (exc, exc.__cause__):
-        if error is not None:
-            text = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
-            parts.append(f"{type(error).__name__}: {text}" if text else type(error).__name__)
-    return "; ".join(parts)
 
 
 def _close_batch(
