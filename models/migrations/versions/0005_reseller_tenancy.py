@@ -1,10 +1,10 @@
 """The reseller is the tenant: catalog per reseller, name keys, per-reseller idempotency keys
 
-Revision ID: 0004_reseller_tenancy
-Revises: 0003_faults
+Revision ID: 0005_reseller_tenancy
+Revises: 0004_fees
 Create Date: 2026-12-02 20:00:00
 
-Upgrades a populated database of the previous head (0003_faults; the catalog as 0001 made it):
+Upgrades a populated database of the previous head (0004_fees; the catalog as 0001 made it):
 
 - `resellers.name_key` (see `models.names.name_key`), unique. Two resellers whose names
   share a key (`acme` and `ACME`) stop the upgrade with a message naming them: merging
@@ -12,7 +12,7 @@ Upgrades a populated database of the previous head (0003_faults; the catalog as 
 - Business models and customer classes get `reseller_id` and `name_key`, unique per
   reseller. Each global entry is copied to every reseller whose customers use it (the
   lowest such reseller keeps the original row and id, the others get copies) and each
-  customer points at its own reseller's copy. An entry no customer uses is copied to every
+  customer (and plan) points at its own reseller's copy. An entry no customer uses is copied to every
   reseller, so nothing is lost; a reseller may delete what it does not want. Entries with
   no reseller at all to belong to stop the upgrade with a message.
 - `customers.name_key`, computed in Python in batches (the same function the service
@@ -33,8 +33,8 @@ from alembic import op
 
 from models.names import MAX_KEY_LENGTH, name_key
 
-revision: str = "0004_reseller_tenancy"
-down_revision: str | Sequence[str] | None = "0003_faults"
+revision: str = "0005_reseller_tenancy"
+down_revision: str | Sequence[str] | None = "0004_fees"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -104,8 +104,11 @@ def _upgrade_resellers() -> None:
         batch.create_unique_constraint("uq_resellers_name_key", ["name_key"])
 
 
-def _scope_catalog(table_name: str, reference: str, columns: Sequence[str]) -> None:
-    """Give each entry of a global catalog table to the resellers that use it (see above)."""
+def _scope_catalog(
+    table_name: str, reference: str, columns: Sequence[str], referrers: Sequence[str]
+) -> None:
+    """Give each entry of a global catalog table to the resellers that use it (see above).
+    `referrers` are the tables with `reseller_id` and `reference` (customers, plans)."""
     conn = op.get_bind()
     op.add_column(table_name, sa.Column("reseller_id", _ID, nullable=True))
     op.add_column(table_name, sa.Column("name_key", _KEY, nullable=True))
@@ -119,14 +122,17 @@ def _scope_catalog(table_name: str, reference: str, columns: Sequence[str]) -> N
         sa.column("name_key"),
         *(sa.column(c) for c in columns),
     )
-    customers = sa.table("customers", sa.column("reseller_id"), sa.column(reference))
+    referring = [
+        sa.table(name, sa.column("reseller_id"), sa.column(reference)) for name in referrers
+    ]
     resellers = sa.table("resellers", sa.column("id"))
     all_resellers = list(conn.execute(sa.select(resellers.c.id).order_by(resellers.c.id)).scalars())
-    users: dict[int, list[int]] = {}
-    for reseller_id, entry_id in conn.execute(
-        sa.select(customers.c.reseller_id, customers.c[reference]).distinct()
-    ):
-        users.setdefault(entry_id, []).append(reseller_id)
+    users: dict[int, set[int]] = {}
+    for table in referring:
+        for reseller_id, entry_id in conn.execute(
+            sa.select(table.c.reseller_id, table.c[reference]).distinct()
+        ):
+            users.setdefault(entry_id, set()).add(reseller_id)
     rows = conn.execute(sa.select(entries.c.id, entries.c.name).order_by(entries.c.id)).all()
     if rows and not all_resellers:
         raise TenancyMigrationError(
@@ -162,11 +168,12 @@ def _scope_catalog(table_name: str, reference: str, columns: Sequence[str]) -> N
                 .order_by(entries.c.id.desc())
                 .limit(1)
             ).scalar_one()
-            conn.execute(
-                customers.update()
-                .where(customers.c.reseller_id == reseller_id, customers.c[reference] == entry_id)
-                .values({reference: copy_id})
-            )
+            for table in referring:
+                conn.execute(
+                    table.update()
+                    .where(table.c.reseller_id == reseller_id, table.c[reference] == entry_id)
+                    .values({reference: copy_id})
+                )
     _refuse_clashes(table_name, "reseller_id", table_name.replace("_", " "))
     with op.batch_alter_table(table_name) as batch:
         batch.alter_column("reseller_id", existing_type=_ID, nullable=False)
@@ -263,7 +270,12 @@ def _check_references() -> None:
 
 def upgrade() -> None:
     _upgrade_resellers()
-    _scope_catalog("business_models", "business_model_id", ["service_type", "description"])
+    _scope_catalog(
+        "business_models",
+        "business_model_id",
+        ["service_type", "description"],
+        ["customers", "plans"],  # 0004_fees: a plan is its reseller's, so is its model
+    )
     _scope_catalog(
         "customer_classes",
         "customer_class_id",
@@ -275,6 +287,7 @@ def upgrade() -> None:
             "notification_emails",
             "custom_fields",
         ],
+        ["customers"],
     )
     _upgrade_customers()
     _scope_keys("charges")
@@ -284,6 +297,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     raise NotImplementedError(
-        "0004 splits the catalog per reseller and cannot be undone without choosing which "
+        "0005 splits the catalog per reseller and cannot be undone without choosing which "
         "copy of each entry to keep; restore a backup taken before the upgrade instead"
     )
