@@ -4,25 +4,41 @@ Importing the package registers every table on `Base.metadata`.
 """
 
 from models.base import Base
-from models.billing import Charge, Invoice, InvoiceLine, LedgerEntry, Notification, Payment
+from models.billing import (
+    Charge,
+    Invoice,
+    InvoiceLine,
+    InvoiceStatus,
+    LedgerEntry,
+    LedgerEntryType,
+    Notification,
+    Payment,
+)
 from models.catalog import BusinessModel, CustomerClass, Reseller
 from models.closed_period import ClosedPeriod
+from models.collections import ApplicationSource, CollectionStep, CreditNote, InvoiceApplication
 from models.customer import BalanceControl, BlockReason, Customer, CustomerBlock, CustomerStatus
 
 __all__ = [
+    "ApplicationSource",
     "BalanceControl",
     "Base",
     "BlockReason",
     "BusinessModel",
     "Charge",
     "ClosedPeriod",
+    "CollectionStep",
+    "CreditNote",
     "Customer",
     "CustomerBlock",
     "CustomerClass",
     "CustomerStatus",
     "Invoice",
+    "InvoiceApplication",
     "InvoiceLine",
+    "InvoiceStatus",
     "LedgerEntry",
+    "LedgerEntryType",
     "Notification",
     "Payment",
     "Reseller",

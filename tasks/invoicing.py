@@ -28,6 +28,9 @@ notification list (unique per invoice and recipient). When BILLING_SMTP_URL is s
 `billing.notifications.send` task mails them (at least once) and is queued after every
 batch that issued invoices; without it, the rows wait for whatever mailer reads the outbox.
 
+Settlement: once a batch is issued, `tasks.settlement.settle_issued` pays its prepaid
+invoices from funds and applies any postpaid customer's credit (see that module).
+
 Tax is computed on the subtotal (see `models.invoicing_rules`). The issue date is the local
 date of `now` in the period's billing timezone; due date = issue date + the class's grace
 period.
@@ -60,6 +63,7 @@ from models import (
     Notification,
     Reseller,
 )
+from models.billing import LIVE_INVOICE
 from models.invoicing_rules import (
     Totals,
     covered_dates,
@@ -72,6 +76,7 @@ from models.invoicing_rules import (
     local_date,
 )
 from tasks.base import BillingTask, is_transient, send_after_commit, utcnow
+from tasks.settlement import settle_issued
 from worker.celery_app import app
 from worker.config import settings
 from worker.db import dialect_insert, unit_of_work
@@ -215,7 +220,7 @@ def _claim_invoice(session: Session, period: _Period) -> tuple[int, bool] | None
             covered_from=covered_from,
             covered_to=covered_to,
         )
-        .on_conflict_do_nothing(index_elements=["closed_period_id"])
+        .on_conflict_do_nothing(index_elements=["closed_period_id"], index_where=LIVE_INVOICE)
         .returning(Invoice.id)
     ).scalar_one_or_none()
     if invoice_id is not None:
@@ -223,7 +228,7 @@ def _claim_invoice(session: Session, period: _Period) -> tuple[int, bool] | None
     # The invoice exists (committed: a concurrent insert made us wait for its outcome).
     existing = session.execute(
         select(Invoice.id, Invoice.status)
-        .where(Invoice.closed_period_id == period.closed_period_id)
+        .where(Invoice.closed_period_id == period.closed_period_id, LIVE_INVOICE)
         .with_for_update()
     ).one()
     return None if existing.status == ISSUED else (int(existing.id), False)
@@ -389,6 +394,7 @@ def _issue(session: Session, prepared: list[_Prepared], now: dt.datetime) -> lis
                 notification_rows.append(
                     {
                         "invoice_id": item.invoice_id,
+                        "topic": "invoice",
                         "recipient": recipient,
                         "subject": f"Invoice {number} from {period.reseller_name}",
                         "body_text": (
@@ -420,7 +426,9 @@ def _issue(session: Session, prepared: list[_Prepared], now: dt.datetime) -> lis
     if notification_rows:
         insert = dialect_insert(session)
         session.execute(
-            insert(Notification).on_conflict_do_nothing(index_elements=["invoice_id", "recipient"]),
+            insert(Notification).on_conflict_do_nothing(
+                index_elements=["invoice_id", "topic", "recipient"]
+            ),
             notification_rows,
         )
     return issued
@@ -489,6 +497,7 @@ def generate_invoices(
     prepared = _prepare_all(session, todo, summary)
     summary["invoices"] = _issue(session, prepared, now)
     summary["issued"] = len(summary["invoices"])
+    settle_issued(session, [i["invoice_id"] for i in summary["invoices"]], now=now)
     return summary
 
 
@@ -525,7 +534,7 @@ def send_notifications(
         message["To"] = notification.recipient
         message["Subject"] = notification.subject
         message.set_content(notification.body_text)
-        if document:
+        if document and notification.topic == "invoice":  # not on reminders and notices
             message.add_alternative(document, subtype="html")
         try:
             send(message)
