@@ -63,19 +63,17 @@ def standings(
     if not ids:
         return {}
     sums: dict[tuple[int, bool], Decimal] = {}
-    for invoice_id, is_credit, amount in session.execute(
+    for invoice_id, source, amount in session.execute(
         select(
             InvoiceApplication.invoice_id,
-            InvoiceApplication.source == ApplicationSource.CREDIT_NOTE,
+            InvoiceApplication.source,
             func.sum(InvoiceApplication.amount),
         )
         .where(InvoiceApplication.invoice_id.in_(ids))
-        .group_by(
-            InvoiceApplication.invoice_id,
-            InvoiceApplication.source == ApplicationSource.CREDIT_NOTE,
-        )
+        .group_by(InvoiceApplication.invoice_id, InvoiceApplication.source)
     ):
-        sums[(invoice_id, bool(is_credit))] = Decimal(amount)
+        key = (invoice_id, source == ApplicationSource.CREDIT_NOTE)
+        sums[key] = sums.get(key, Decimal(0)) + Decimal(amount)
     zones = dict(
         session.execute(
             select(Invoice.id, ClosedPeriod.billing_timezone)
@@ -216,6 +214,8 @@ def customer_statement(session: Session, customer: Customer, *, at: dt.datetime)
     running = Decimal(0)
     lines = []
     for when, _order, entry, delta in entries:
+        if when > at:  # a statement as of an instant shows what had happened by then
+            break
         running += delta
         lines.append(
             {
@@ -225,6 +225,7 @@ def customer_statement(session: Session, customer: Customer, *, at: dt.datetime)
                 "balance": str(round_money(running, currency)),
             }
         )
+    issued_by = {i.id for i in invoices if i.issued_at is not None and i.issued_at <= at}
     overdue = [
         {
             "number": i.number,
@@ -232,7 +233,7 @@ def customer_statement(session: Session, customer: Customer, *, at: dt.datetime)
             "overdue_since": _iso(s) if (s := standing[i.id].overdue_since) else None,
         }
         for i in invoices
-        if standing[i.id].state is InvoiceState.OVERDUE
+        if i.id in issued_by and standing[i.id].state is InvoiceState.OVERDUE
     ]
     credit = sum(
         (
@@ -258,7 +259,9 @@ def customer_statement(session: Session, customer: Customer, *, at: dt.datetime)
         "as_of": _iso(at),
         "entries": lines,
         "amount_due": str(
-            round_money(sum((s.due for s in standing.values()), Decimal(0)), currency)
+            round_money(
+                sum((s.due for i, s in standing.items() if i in issued_by), Decimal(0)), currency
+            )
         ),
         "credit": str(round_money(credit, currency)),
         "overdue": overdue,
