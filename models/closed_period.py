@@ -24,6 +24,8 @@ class ClosedPeriod(Base):
 
     `invoice_enqueued_at` is when invoice generation was last queued for it and `invoiced`
     whether its invoice exists; the reconcile step re-queues rows that stay uninvoiced.
+    Voiding its invoice (`tasks.corrections`) sets `invoiced` false and `invoice_enqueued_at`
+    null: the period then waits for an operator's reissue, and reconcile leaves it alone.
     """
 
     __tablename__ = "closed_periods"

@@ -26,6 +26,7 @@ from models import (
 )
 from tasks.blocks import block_reasons
 from tasks.charges import balance_mismatches, record_charge, record_payment
+from tasks.closing import reconcile
 from tasks.collections import run_collections
 from tasks.corrections import credit_invoice, reissue_invoice, void_invoice
 from tasks.invoicing import generate_invoices
@@ -229,6 +230,10 @@ def test_corrections_void_reissue_and_credit_notes(session) -> None:
     assert voided.as_json()["status"] == "voided", voided.as_json()
     assert session.scalar(select(Charge.invoice_id)) is None
     assert session.get(ClosedPeriod, march.closed_period_id).invoiced is False
+
+    later = now + dt.timedelta(days=30)
+    stale = reconcile(session, now=later, older_than=dt.timedelta(minutes=15), batch_size=100)
+    assert stale.requeued == 0  # a void invoice's period waits for the operator's reissue
 
     again = void_invoice(session, reseller="acme", number=march.number, reason="x", now=now)
     assert again.as_json()["errors"][0]["code"] == "not_issued"
