@@ -12,12 +12,14 @@ from models.billing import (
     LedgerEntry,
     LedgerEntryType,
     Notification,
+    NotificationStatus,
     Payment,
 )
 from models.catalog import BusinessModel, CustomerClass, Reseller
 from models.closed_period import ClosedPeriod
 from models.collections import ApplicationSource, CollectionStep, CreditNote, InvoiceApplication
 from models.customer import BalanceControl, BlockReason, Customer, CustomerBlock, CustomerStatus
+from models.dead_letter import DeadLetter
 
 __all__ = [
     "ApplicationSource",
@@ -33,6 +35,7 @@ __all__ = [
     "CustomerBlock",
     "CustomerClass",
     "CustomerStatus",
+    "DeadLetter",
     "Invoice",
     "InvoiceApplication",
     "InvoiceLine",
@@ -40,6 +43,7 @@ __all__ = [
     "LedgerEntry",
     "LedgerEntryType",
     "Notification",
+    "NotificationStatus",
     "Payment",
     "Reseller",
 ]

@@ -28,32 +28,45 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, BigIntKey, Money, Rate, UTCDateTime
 
-# Partial-index condition (PostgreSQL and SQLite both support it).
-_PENDING = text("status = 'pending'")
-# A void invoice no longer counts: at most one live invoice per closed period.
-LIVE_INVOICE = text("status <> 'void'")
-_LIVE_LINE = text("NOT void")
-_UNAPPLIED = text("unapplied > 0")
 
-
-class InvoiceStatus(StrEnum):
-    """What is stored; what is owed (paid, overdue, …) is `models.collections_rules`."""
-
-    GENERATING = "generating"
-    ISSUED = "issued"
-    VOID = "void"
+def _one_of(column: str, values: type[StrEnum]) -> str:
+    """The CheckConstraint text that keeps `column` within an enum's values."""
+    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
 
 
 class LedgerEntryType(StrEnum):
-    OPENING = "opening"
+    """Why a customer's balance moved."""
+
+    OPENING = "opening"  # initial prepaid funds
     CHARGE = "charge"
     PAYMENT = "payment"
     CREDIT_NOTE = "credit_note"
     INVOICE_TAX = "invoice_tax"  # a prepaid invoice's tax, taken from the funds at issue
 
 
-def _known(column: str, values: type[StrEnum]) -> str:
-    return f"{column} IN (" + ", ".join(f"'{v.value}'" for v in values) + ")"
+class InvoiceStatus(StrEnum):
+    """Where an invoice is in its generation; what it asks for (paid, overdue, …) is
+    derived, not stored (`models.collections_rules`)."""
+
+    GENERATING = "generating"  # claimed by a generator, not yet numbered
+    ISSUED = "issued"  # numbered, rendered and final
+    VOID = "void"  # voided by a correction; its period may be invoiced again
+
+
+class NotificationStatus(StrEnum):
+    """Where an outbox e-mail is."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"  # gave up after the mailer's attempts; an operator looks at it
+
+
+# Partial-index condition (PostgreSQL and SQLite both support it).
+_PENDING = text(f"status = '{NotificationStatus.PENDING.value}'")
+# A void invoice no longer counts: at most one live invoice per closed period.
+LIVE_INVOICE = text(f"status <> '{InvoiceStatus.VOID.value}'")
+_LIVE_LINE = text("NOT void")
+_UNAPPLIED = text("unapplied > 0")
 
 
 class Charge(Base):
@@ -124,7 +137,7 @@ class LedgerEntry(Base):
 
     __tablename__ = "ledger_entries"
     __table_args__ = (
-        CheckConstraint(_known("entry_type", LedgerEntryType), name="entry_type_known"),
+        CheckConstraint(_one_of("entry_type", LedgerEntryType), name="entry_type_known"),
         Index("ix_ledger_entries_customer", "customer_id", "id"),
     )
 
@@ -152,8 +165,11 @@ class Invoice(Base):
     __tablename__ = "invoices"
     __table_args__ = (
         UniqueConstraint("reseller_id", "number"),
-        CheckConstraint(_known("status", InvoiceStatus), name="status_known"),
-        CheckConstraint("status = 'generating' OR number IS NOT NULL", name="issued_numbered"),
+        CheckConstraint(_one_of("status", InvoiceStatus), name="status_known"),
+        CheckConstraint(
+            f"status = '{InvoiceStatus.GENERATING.value}' OR number IS NOT NULL",
+            name="issued_numbered",
+        ),
         CheckConstraint("(status = 'void') = (voided_at IS NOT NULL)", name="void_dated"),
         Index(
             "uq_invoices_live_closed_period",
@@ -169,7 +185,7 @@ class Invoice(Base):
     customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
     reseller_id: Mapped[int] = mapped_column(ForeignKey("resellers.id"))
     number: Mapped[int | None] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16), default="generating")
+    status: Mapped[str] = mapped_column(String(16), default=InvoiceStatus.GENERATING.value)
     currency: Mapped[str] = mapped_column(String(3))
     subtotal: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0), server_default="0")
     tax_name: Mapped[str] = mapped_column(String(50), default="Tax")
@@ -227,7 +243,7 @@ class Notification(Base):
     __tablename__ = "notifications"
     __table_args__ = (
         UniqueConstraint("invoice_id", "topic", "recipient"),
-        CheckConstraint("status IN ('pending', 'sent', 'failed')", name="status_known"),
+        CheckConstraint(_one_of("status", NotificationStatus), name="status_known"),
         Index(
             "ix_notifications_pending",
             "created_at",
@@ -242,7 +258,7 @@ class Notification(Base):
     recipient: Mapped[str] = mapped_column(String(320))
     subject: Mapped[str] = mapped_column(String(300))
     body_text: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[str] = mapped_column(String(16), default=NotificationStatus.PENDING.value)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

@@ -51,9 +51,10 @@ from models import (
 )
 from models.collections_rules import CollectionPolicy, DueStep, StepKind, steps_due
 from models.invoicing_rules import format_long_date, format_money
-from tasks.base import BillingTask, send_after_commit, utcnow
+from tasks.base import BillingTask, utcnow
 from tasks.blocks import block
 from tasks.closing import parse_as_of
+from tasks.notifications import queue_mailing_after_commit
 from tasks.settlement import (
     applied_sum,
     apply_credit,
@@ -341,11 +342,9 @@ def run_collections(
 @app.task(name="billing.collections.run", base=BillingTask, bind=True)
 def run_collections_task(self: BillingTask, as_of: str | None = None) -> dict[str, Any]:
     """Take every collection step due (by `as_of`, ISO-8601, default now) and report counts."""
-    from tasks.invoicing import send_notifications_task, smtp_settings
-
     now = parse_as_of(as_of) if as_of else utcnow()
     with unit_of_work() as session:
         summary = run_collections(session, now=now)
-        if summary.notifications and smtp_settings() is not None:
-            send_after_commit(session, send_notifications_task.s())
+        if summary.notifications:
+            queue_mailing_after_commit(session)
         return summary.as_json()

@@ -3,9 +3,10 @@
 - `void_invoice`: an issued invoice with nothing applied to it (no payment, credit or
   credit note) becomes `void`, with the instant and the reason. Its charges become
   uninvoiced again (its lines keep them, marked void, as the record of what it said), and
-  its closed period waits for a replacement: it is uninvoiced and not queued, so the
-  reconcile step leaves it alone and the period's charges are not swept onto a later
-  invoice. A partly paid invoice is corrected with a credit note instead.
+  its closed period waits for a replacement: it stays marked invoiced, so neither the
+  reconcile step nor a stray generation message reissues it behind the operator's back,
+  and invoicing treats a period without a live invoice as pending, so its charges are not
+  swept onto a later invoice. A partly paid invoice is corrected with a credit note.
 - `reissue_invoice`: the replacement of a void invoice, for the same closed period, with
   the period's charges as they are now and a new number from the reseller's invoice
   sequence (`replaces_invoice_id` points back).
@@ -153,11 +154,7 @@ def void_invoice(
             .execution_options(synchronize_session=False)
         ).all()
     )
-    session.execute(
-        update(ClosedPeriod)
-        .where(ClosedPeriod.id == invoice.closed_period_id)
-        .values(invoiced=False, invoice_enqueued_at=None)
-    )
+    # The period stays `invoiced` (see ClosedPeriod): it waits for the operator's reissue.
     resume_if_clear(session, customer, now=now)
     return CorrectionResult(
         CorrectionStatus.VOIDED,
@@ -190,28 +187,38 @@ def reissue_invoice(
             "already_reissued",
             f"the period of invoice {number} is invoiced again as invoice {live.number}",
         )
+    # Uninvoiced again for the generation below, in this transaction only: a failure rolls
+    # it back with everything else, and the period keeps waiting for the operator.
     session.execute(
         update(ClosedPeriod)
         .where(ClosedPeriod.id == void.closed_period_id)
-        .values(invoice_enqueued_at=now)
+        .values(invoiced=False, invoice_enqueued_at=now)
     )
-    summary = generate_invoices(session, [void.closed_period_id], now=now)
-    if not summary["invoices"]:
-        failed = summary["failed"][0]["error"] if summary["failed"] else "nothing was issued"
-        return _refused("number", "reissue_failed", f"invoice {number}: {failed}")
-    issued = summary["invoices"][0]
+    with session.begin_nested() as attempt:
+        result = generate_invoices(session, [void.closed_period_id], now=now)
+        issued = next(
+            (i for i in result.invoices if i.closed_period_id == void.closed_period_id), None
+        )
+        if issued is None:
+            attempt.rollback()
+    if issued is None:
+        why = "; ".join(f.message for f in result.failures) or "nothing was issued"
+        session.execute(
+            update(ClosedPeriod)
+            .where(ClosedPeriod.id == void.closed_period_id)
+            .values(invoiced=True)
+        )
+        return _refused("number", "reissue_failed", f"invoice {number}: {why}")
     session.execute(
-        update(Invoice)
-        .where(Invoice.id == issued["invoice_id"])
-        .values(replaces_invoice_id=void.id)
+        update(Invoice).where(Invoice.id == issued.invoice_id).values(replaces_invoice_id=void.id)
     )
     return CorrectionResult(
         CorrectionStatus.REISSUED,
         fields=(
             ("replaces", number),
-            ("number", issued["number"]),
-            ("invoice_id", issued["invoice_id"]),
-            ("total", issued["total"]),
+            ("number", issued.number),
+            ("invoice_id", issued.invoice_id),
+            ("total", str(issued.total)),
         ),
     )
 

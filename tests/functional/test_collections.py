@@ -66,7 +66,7 @@ def _invoice(customer: Any, start: dt.date, end: dt.date, amount: str, issued: d
         assert result["status"] == "recorded", result
         period = close_period(session, customer, start, end)
         summary = generate_invoices(session, [period.id], now=issued)
-        assert summary["issued"] == 1, summary
+        assert summary.issued == 1, summary
         invoice = session.scalars(select(Invoice).where(Invoice.closed_period_id == period.id))
         found = invoice.one()
         session.expunge(found)

@@ -80,7 +80,7 @@ def _invoice(session, customer, start, end, amount, *, now=None) -> Invoice:
         assert result["status"] == "recorded", result
     period = close_period(session, customer, start, end)
     summary = generate_invoices(session, [period.id], now=now or at(end, 0))
-    assert summary["issued"] == 1, summary
+    assert summary.issued == 1, summary
     return session.scalars(select(Invoice).where(Invoice.closed_period_id == period.id)).one()
 
 
@@ -229,7 +229,7 @@ def test_corrections_void_reissue_and_credit_notes(session) -> None:
     voided = void_invoice(session, reseller="acme", number=march.number, reason="wrong", now=now)
     assert voided.as_json()["status"] == "voided", voided.as_json()
     assert session.scalar(select(Charge.invoice_id)) is None
-    assert session.get(ClosedPeriod, march.closed_period_id).invoiced is False
+    assert session.get(ClosedPeriod, march.closed_period_id).invoiced is True  # awaits reissue
 
     later = now + dt.timedelta(days=30)
     stale = reconcile(session, now=later, older_than=dt.timedelta(minutes=15), batch_size=100)
@@ -267,3 +267,20 @@ def test_corrections_void_reissue_and_credit_notes(session) -> None:
     assert _applied(session, april) == D("10.00")
     assert session.scalar(select(func.sum(CreditNote.unapplied))) == 0
     assert balance_mismatches(session) == []
+
+
+def test_the_charges_of_a_void_invoice_wait_for_its_replacement(session) -> None:
+    """While a void invoice awaits its reissue, the next period's invoice does not take its
+    released charges as late ones; the replacement does."""
+    customer = billing_customer(session, created=MAR1, period_end=APR1)
+    march = _invoice(session, customer, MAR1, APR1, "30.00")
+    now = at(dt.date(2026, 4, 2))
+    void_invoice(session, reseller="acme", number=march.number, reason="wrong", now=now)
+
+    april = _invoice(session, customer, APR1, MAY1, "12.00")
+    assert april.total == D("12.00")
+
+    reissued = reissue_invoice(session, reseller="acme", number=march.number, now=now).as_json()
+    assert (reissued["number"], reissued["total"]) == (3, "30.00")
+    again = reissue_invoice(session, reseller="acme", number=march.number, now=now).as_json()
+    assert again["errors"][0]["code"] == "already_reissued"

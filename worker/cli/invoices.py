@@ -10,6 +10,7 @@ from typing import Any
 import click
 from sqlalchemy import func, select
 
+from models.collections_rules import InvoiceState
 from worker.db import unit_of_work
 
 
@@ -55,7 +56,7 @@ def invoices() -> None:
     """Invoices: one per closed billing period, numbered without gaps per reseller."""
 
 
-STATES = ("issued", "partially_paid", "paid", "overdue", "void")
+STATES = tuple(s.value for s in InvoiceState)
 
 
 @invoices.command("list")
@@ -72,15 +73,15 @@ def list_invoices(
     customer: str | None, reseller: str | None, status: str | None, limit: int, as_json: bool
 ) -> None:
     """List issued (and void) invoices, newest first, with what each still asks for."""
-    from models import Customer, Invoice, Reseller
+    from models import Customer, Invoice, InvoiceStatus, Reseller
     from tasks.base import utcnow
     from tasks.statements import standings
 
-    query = _query().where(Invoice.status != "generating")
-    if status == "void":
-        query = query.where(Invoice.status == "void")
+    query = _query().where(Invoice.status != InvoiceStatus.GENERATING)
+    if status == InvoiceStatus.VOID:
+        query = query.where(Invoice.status == InvoiceStatus.VOID)
     elif status is not None:
-        query = query.where(Invoice.status == "issued")
+        query = query.where(Invoice.status == InvoiceStatus.ISSUED)
     if customer:
         query = query.where(func.lower(Customer.name) == func.lower(customer))
     if reseller:
@@ -185,14 +186,23 @@ def show_invoice(number: int, reseller: str | None, html_path: Path | None, as_j
 @click.option("--wait", is_flag=True, help="Wait for the worker's summary and print it.")
 @click.option("--timeout", default=300.0, show_default=True)
 def generate(closed_period_ids: tuple[int, ...], wait: bool, timeout: float) -> None:
-    """Queue invoice generation for CLOSED_PERIOD_IDS (safe to repeat: nothing is doubled)."""
+    """Queue invoice generation for CLOSED_PERIOD_IDS (safe to repeat: nothing is doubled).
+
+    With --wait, prints the worker's summary and exits 1 if any id failed or is missing."""
+    from tasks.base import WorkFailed
     from tasks.invoicing import generate_invoices_task
 
     result = generate_invoices_task.apply_async(args=[list(closed_period_ids)])
     if not wait:
         click.echo(f"queued {result.id}")
         return
-    click.echo(json.dumps(result.get(timeout=timeout), indent=2))
+    try:
+        summary = result.get(timeout=timeout)
+    except WorkFailed as failed:
+        click.echo(json.dumps(failed.summary, indent=2))
+        click.echo(f"billing invoices generate: {failed}", err=True)
+        raise SystemExit(1) from None
+    click.echo(json.dumps(summary, indent=2))
 
 
 COMMANDS = [invoices]
