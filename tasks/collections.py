@@ -51,7 +51,7 @@ from models import (
 )
 from models.collections_rules import CollectionPolicy, DueStep, StepKind, steps_due
 from models.invoicing_rules import format_long_date, format_money
-from tasks.base import BillingTask, utcnow
+from tasks.base import BillingTask, database_clock
 from tasks.blocks import block
 from tasks.closing import parse_as_of
 from tasks.notifications import queue_mailing_after_commit
@@ -341,10 +341,11 @@ def run_collections(
 
 @app.task(name="billing.collections.run", base=BillingTask, bind=True)
 def run_collections_task(self: BillingTask, as_of: str | None = None) -> dict[str, Any]:
-    """Take every collection step due (by `as_of`, ISO-8601, default now) and report counts."""
-    now = parse_as_of(as_of) if as_of else utcnow()
+    """Take every collection step due by `as_of` (ISO-8601; default: now, by the database's
+    clock, like the close) and report what was done."""
+    given = parse_as_of(as_of) if as_of else None
     with unit_of_work() as session:
-        summary = run_collections(session, now=now)
+        summary = run_collections(session, now=given or database_clock(session))
         if summary.notifications:
             queue_mailing_after_commit(session)
         return summary.as_json()

@@ -398,3 +398,60 @@ def test_void_reissue_and_credit_notes_are_numbered_without_gaps_under_concurren
     assert notes == list(range(1, 10))
     assert reseller.last_credit_note_number == 9
     assert void == 3
+
+
+def _cli(*args: str) -> tuple[int, Any]:
+    from worker.cli import main
+
+    result = CliRunner().invoke(main, list(args))
+    try:
+        return result.exit_code, json.loads(result.output)
+    except json.JSONDecodeError:
+        return result.exit_code, result.output
+
+
+def test_the_correction_commands_and_the_state_filter(worker, clean_db) -> None:
+    """`billing invoices void|reissue|credit` as the README shows them, refusals as structured
+    errors with exit status 1, and `billing invoices list --status` by state."""
+    feb, mar, apr = (dt.date(2026, m, 1) for m in (2, 3, 4))
+    customer = _customer(created=feb, period_end=mar, class_fields={"grace_period_days": 5})
+    first = _invoice(customer, feb, mar, "20.00", local_midnight(mar, "UTC"))
+    second = _invoice(customer, mar, apr, "8.00", local_midnight(apr, "UTC"))
+    number = str(first.number)
+
+    code, voided = _cli(
+        "invoices", "void", number, "--reseller", "acme", "--reason", "typo", "--json"
+    )
+    assert (code, voided["status"], voided["charges_released"]) == (0, "voided", 1)
+    code, refused = _cli(
+        "invoices", "void", number, "--reseller", "acme", "--reason", "x", "--json"
+    )
+    assert (code, refused["status"], refused["errors"][0]["code"]) == (1, "refused", "not_issued")
+    code, unknown = _cli("invoices", "void", "99", "--reseller", "acme", "--reason", "x")
+    assert (code, "has no invoice 99" in unknown) == (1, True)
+    code, reissued = _cli("invoices", "reissue", number, "--reseller", "acme", "--json")
+    assert (code, reissued["number"], reissued["total"]) == (0, 3, "20.00")
+    code, credited = _cli(
+        "invoices", "credit", str(second.number), "--reseller", "acme",
+        "--amount", "8.00", "--reason", "outage", "--json",
+    )  # fmt: skip
+    assert (code, credited["credit_note"]) == (0, 1)
+    code, bad = _cli(
+        "invoices", "credit", "3", "--reseller", "acme", "--amount", "1.234", "--reason", "x",
+        "--json",
+    )  # fmt: skip
+    assert (code, bad["errors"][0]["field"], bad["errors"][0]["code"]) == (
+        1,
+        "amount",
+        "invalid_amount",
+    )
+
+    def numbers(state: str) -> list[int]:
+        code, items = _cli("invoices", "list", "--status", state, "--json")
+        assert code == 0
+        return [item["number"] for item in items]
+
+    assert numbers("void") == [first.number]
+    assert numbers("paid") == [second.number]  # settled by its credit note
+    assert numbers("issued") == [3]  # the replacement, issued now, due in 5 days
+    assert numbers("overdue") == []

@@ -9,37 +9,39 @@ from typing import Any
 
 import click
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from worker.cli.customers import customers
 from worker.cli.invoices import invoices
 from worker.db import unit_of_work
 
 
-def _now() -> dt.datetime:
-    from tasks.base import utcnow
-
-    return utcnow()
-
-
-def _as_of(value: str | None) -> dt.datetime:
-    """The instant to act as of: now, or --as-of (not later than now + BILLING_CLOCK_SKEW)."""
+def _parse_as_of(value: str | None) -> dt.datetime | None:
     from tasks.closing import parse_as_of
-    from worker.config import settings
 
-    now = _now()
     if value is None:
-        return now
+        return None
     try:
-        instant = parse_as_of(value)
+        return parse_as_of(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--as-of") from None
-    skew = dt.timedelta(seconds=settings().clock_skew_seconds)
-    if instant > now + skew:
+
+
+def _now(session: Session, given: dt.datetime | None = None) -> dt.datetime:
+    """Now by the database's clock (the one that decides closing), or the --as-of instant
+    given, which may not lie ahead of it by more than BILLING_CLOCK_SKEW."""
+    from tasks.base import database_clock
+    from worker.config import settings
+
+    now = database_clock(session)
+    if given is None:
+        return now
+    if given > now + dt.timedelta(seconds=settings().clock_skew_seconds):
         raise click.BadParameter(
-            f"{value} is in the future (now is {now.isoformat()}); collections cannot run ahead",
+            f"{given.isoformat()} is in the future (now is {now.isoformat()})",
             param_hint="--as-of",
         )
-    return instant
+    return given
 
 
 def _print(result: dict[str, Any], as_json: bool, text: str) -> None:
@@ -76,9 +78,9 @@ def run_command(as_of: str | None, as_json: bool) -> None:
     """
     from tasks.collections import run_collections
 
-    now = _as_of(as_of)
+    given = _parse_as_of(as_of)
     with unit_of_work() as session:
-        summary = run_collections(session, now=now).as_json()
+        summary = run_collections(session, now=_now(session, given)).as_json()
     steps = ", ".join(f"{count} {name}" for name, count in summary["steps"].items()) or "none"
     _print(
         summary,
@@ -101,7 +103,7 @@ def void_command(number: int, reseller: str, reason: str, as_json: bool) -> None
 
     with unit_of_work() as session:
         result = void_invoice(
-            session, reseller=reseller, number=number, reason=reason, now=_now()
+            session, reseller=reseller, number=number, reason=reason, now=_now(session)
         ).as_json()
     _print(
         result,
@@ -120,7 +122,9 @@ def reissue_command(number: int, reseller: str, as_json: bool) -> None:
     from tasks.corrections import reissue_invoice
 
     with unit_of_work() as session:
-        result = reissue_invoice(session, reseller=reseller, number=number, now=_now()).as_json()
+        result = reissue_invoice(
+            session, reseller=reseller, number=number, now=_now(session)
+        ).as_json()
     _print(
         result,
         as_json,
@@ -140,7 +144,12 @@ def credit_command(number: int, reseller: str, amount: str, reason: str, as_json
 
     with unit_of_work() as session:
         result = credit_invoice(
-            session, reseller=reseller, number=number, amount=amount, reason=reason, now=_now()
+            session,
+            reseller=reseller,
+            number=number,
+            amount=amount,
+            reason=reason,
+            now=_now(session),
         ).as_json()
     _print(
         result,
@@ -162,8 +171,9 @@ def statement_command(name: str, reseller: str, as_of: str | None, as_json: bool
     from models import Customer, Reseller
     from tasks.statements import customer_statement
 
-    at = _as_of(as_of)
+    given = _parse_as_of(as_of)
     with unit_of_work() as session:
+        at = _now(session, given)
         customer = session.scalars(
             select(Customer)
             .join(Reseller, Reseller.id == Customer.reseller_id)

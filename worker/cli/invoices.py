@@ -74,7 +74,7 @@ def list_invoices(
 ) -> None:
     """List issued (and void) invoices, newest first, with what each still asks for."""
     from models import Customer, Invoice, InvoiceStatus, Reseller
-    from tasks.base import utcnow
+    from tasks.base import database_clock
     from tasks.statements import standings
 
     query = _query().where(Invoice.status != InvoiceStatus.GENERATING)
@@ -87,9 +87,9 @@ def list_invoices(
     if reseller:
         query = query.where(Reseller.name == reseller)
     query = query.order_by(Invoice.issued_at.desc(), Invoice.id.desc())
-    now = utcnow()
     items: list[dict[str, Any]] = []
     with unit_of_work() as session:
+        now = database_clock(session)
         # The state depends on sums and on each billing zone's clock, so it is decided here,
         # a page of rows at a time, until `limit` invoices in the state are found.
         for page in session.execute(query.execution_options(yield_per=500)).partitions():
