@@ -19,7 +19,9 @@ from models.catalog import BusinessModel, CustomerClass, Reseller
 from models.closed_period import ClosedPeriod
 from models.collections import ApplicationSource, CollectionStep, CreditNote, InvoiceApplication
 from models.customer import BalanceControl, BlockReason, Customer, CustomerBlock, CustomerStatus
+from models.customer_history import CustomerChange
 from models.dead_letter import DeadLetter
+from models.plans import Plan, PlanFee, Subscription, SubscriptionFee
 
 __all__ = [
     "ApplicationSource",
@@ -33,6 +35,7 @@ __all__ = [
     "CreditNote",
     "Customer",
     "CustomerBlock",
+    "CustomerChange",
     "CustomerClass",
     "CustomerStatus",
     "DeadLetter",
@@ -45,5 +48,9 @@ __all__ = [
     "Notification",
     "NotificationStatus",
     "Payment",
+    "Plan",
+    "PlanFee",
     "Reseller",
+    "Subscription",
+    "SubscriptionFee",
 ]

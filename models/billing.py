@@ -226,6 +226,8 @@ class InvoiceLine(Base):
     id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
     invoice_id: Mapped[int] = mapped_column(ForeignKey("invoices.id"), index=True)
     charge_id: Mapped[int | None] = mapped_column(ForeignKey("charges.id"))
+    # A recurring fee's line (models.plans.SubscriptionFee), once per fee.
+    fee_id: Mapped[int | None] = mapped_column(ForeignKey("subscription_fees.id"), unique=True)
     void: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     description: Mapped[str] = mapped_column(String(500))
     amount: Mapped[Decimal] = mapped_column(Money())

@@ -2,11 +2,12 @@
 
 - `void_invoice`: an issued invoice with nothing applied to it (no payment, credit or
   credit note) becomes `void`, with the instant and the reason. Its charges become
-  uninvoiced again (its lines keep them, marked void, as the record of what it said), and
-  its closed period waits for a replacement: it stays marked invoiced, so neither the
-  reconcile step nor a stray generation message reissues it behind the operator's back,
-  and invoicing treats a period without a live invoice as pending, so its charges are not
-  swept onto a later invoice. A partly paid invoice is corrected with a credit note.
+  uninvoiced again and its recurring fees unbilled (its lines stay, marked void, as the
+  record of what it said), and its closed period waits for a replacement: it stays
+  marked invoiced, so neither the reconcile step nor a stray generation message reissues
+  it behind the operator's back, and invoicing treats a period without a live invoice as
+  pending, so its charges are not swept onto a later invoice. A partly paid invoice is
+  corrected with a credit note.
 - `reissue_invoice`: the replacement of a void invoice, for the same closed period, with
   the period's charges as they are now and a new number from the reseller's invoice
   sequence (`replaces_invoice_id` points back).
@@ -30,7 +31,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from models import (
@@ -58,6 +59,7 @@ from models.invoicing_rules import (
     local_date,
 )
 from models.money import MoneyError, parse_amount
+from models.plans import SubscriptionFee
 from tasks.blocks import set_blocked
 from tasks.invoicing import generate_invoices
 from tasks.settlement import applied_sum, apply_credit, lock_customer, notify, resume_if_clear
@@ -145,6 +147,11 @@ def void_invoice(
     session.execute(
         update(InvoiceLine).where(InvoiceLine.invoice_id == invoice.id).values(void=True)
     )
+    # Its recurring fees are unbilled again too: the replacement bills them (models.plans).
+    session.execute(
+        update(InvoiceLine).where(InvoiceLine.invoice_id == invoice.id).values(fee_id=None)
+    )
+    session.execute(delete(SubscriptionFee).where(SubscriptionFee.invoice_id == invoice.id))
     released = len(
         session.execute(
             update(Charge)

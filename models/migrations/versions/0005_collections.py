@@ -1,7 +1,7 @@
 """Collections: money applied to invoices, credit notes, void invoices, collection steps
 
-Revision ID: 0004_collections
-Revises: 0003_faults
+Revision ID: 0005_collections
+Revises: 0004_fees
 Create Date: 2026-12-02 20:10:00
 
 On a populated database:
@@ -21,8 +21,8 @@ from alembic import op
 
 import models.base
 
-revision: str = "0004_collections"
-down_revision: str | Sequence[str] | None = "0003_faults"
+revision: str = "0005_collections"
+down_revision: str | Sequence[str] | None = "0004_fees"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
