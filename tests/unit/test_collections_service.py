@@ -284,3 +284,34 @@ def test_the_charges_of_a_void_invoice_wait_for_its_replacement(session) -> None
     assert (reissued["number"], reissued["total"]) == (3, "30.00")
     again = reissue_invoice(session, reseller="acme", number=march.number, now=now).as_json()
     assert again["errors"][0]["code"] == "already_reissued"
+
+
+def test_a_void_invoice_s_fees_are_billed_again_on_its_replacement(session, monkeypatch) -> None:
+    """An invoice with a recurring fee line, voided and reissued: the replacement bills the
+    same fee once, and no fee is left recorded on the void invoice."""
+    import tasks.base
+    from models import SubscriptionFee
+    from tasks.closing import close_due
+    from tests.factories import make_customer
+    from tests.fees_factories import make_plan, subscribe
+
+    monkeypatch.setattr(tasks.base, "publish", lambda signatures, _parent: None)
+    created = dt.datetime(2026, 1, 1, 12, tzinfo=dt.UTC)
+    customer = make_customer(session, billing_period="monthly", created_at=created)
+    line = make_plan(session, "Internet line", "arrears", {"USD": "31.00"})
+    subscribe(session, customer, line, 1, created)
+    session.commit()
+    close_due(session, now=at(dt.date(2026, 2, 1), 0), batch_size=100)
+    period = session.scalars(select(ClosedPeriod).where(ClosedPeriod.customer_id == customer.id))
+    closed = period.one()
+    generate_invoices(session, [closed.id], now=at(dt.date(2026, 2, 1), 1))
+    first = session.scalars(select(Invoice).where(Invoice.closed_period_id == closed.id)).one()
+    assert first.total == D("31.00")
+
+    now = at(dt.date(2026, 2, 2))
+    void_invoice(session, reseller="acme", number=first.number, reason="wrong plan", now=now)
+    reissued = reissue_invoice(session, reseller="acme", number=first.number, now=now).as_json()
+
+    assert reissued["total"] == "31.00"
+    fees = session.execute(select(SubscriptionFee.invoice_id, SubscriptionFee.amount)).all()
+    assert [tuple(f) for f in fees] == [(reissued["invoice_id"], D("31.00"))]
