@@ -11,6 +11,9 @@ and the customer is looked up among that reseller's own (`tasks.queries`): by na
 by id only if the id is the reseller's. Another reseller's customer is `unknown_customer`,
 exactly like one that does not exist.
 
+A postpaid payment is applied to the customer's open invoices, oldest due first; the rest
+is credit for the next invoice (`tasks.settlement`).
+
 Idempotency: one charge (payment) per (reseller, idempotency key), enforced by a unique
 constraint. A replayed key returns the original outcome and writes nothing; a key reused
 with a different customer, amount or instant is refused (`idempotency_conflict`). A refused
@@ -34,7 +37,7 @@ from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from models import Charge, Customer, CustomerStatus, LedgerEntry, Payment
+from models import BalanceControl, Charge, Customer, CustomerStatus, LedgerEntry, Payment
 from models.intake import Problem
 from models.invoicing_rules import (
     BalanceChange,
@@ -48,6 +51,7 @@ from models.money import MoneyError, check_currency, parse_amount, round_money
 from tasks.base import BillingTask, utcnow
 from tasks.blocks import set_blocked
 from tasks.queries import customer_by_id, customer_by_name, resolve_reseller
+from tasks.settlement import apply_credit
 from worker.celery_app import app
 from worker.db import dialect_insert, unit_of_work
 
@@ -319,6 +323,7 @@ def _record(session: Session, kind: str, payload: object, *, now: dt.datetime) -
         return refused(
             _error("customer", "customer_inactive", f"{customer.name!r} is {customer.status}")
         )
+    postpaid = customer.balance_control == BalanceControl.POSTPAID
     decide = apply_charge if is_charge else apply_payment
     decision = decide(customer.balance_control, customer.balance, customer.credit_limit, amount)
     if isinstance(decision, Refusal):
@@ -335,6 +340,8 @@ def _record(session: Session, kind: str, payload: object, *, now: dt.datetime) -
             "description": data.description,
             "idempotency_key": data.idempotency_key,
             "recorded_at": now,
+            # A postpaid payment is credit until applied to invoices (tasks.settlement).
+            **({} if is_charge else {"unapplied": amount if postpaid else Decimal(0)}),
         },
     )
     if row_id is None:  # another customer of the reseller took the key meanwhile
@@ -343,6 +350,8 @@ def _record(session: Session, kind: str, payload: object, *, now: dt.datetime) -
             raise RuntimeError(f"{kind} key {data.idempotency_key!r} neither inserted nor found")
         return _replay(session, kind, existing, customer, amount, at)
     _apply(session, customer, decision, entry_type=kind, now=now, **{f"{kind}_id": row_id})
+    if not is_charge and postpaid:
+        apply_credit(session, customer, now=now)
     # `blocked` is the customer's state after the change: a payment that clears the credit
     # limit leaves a customer suspended for another reason (overdue, operator) blocked.
     return _outcome(kind, row_id, customer, amount, None) | {

@@ -12,18 +12,23 @@ target_metadata = models.Base.metadata
 
 
 def _run(connection: Connection) -> None:
-    # SQLite rebuilds a table (batch mode) by copying it and dropping the original, which
-    # foreign key enforcement forbids while other tables refer to it; the pragma only takes
-    # effect outside a transaction. Revisions that rebuild tables check every reference
-    # themselves (`PRAGMA foreign_key_check`) before their transaction ends.
-    sqlite = connection.dialect.name == "sqlite" and not connection.in_transaction()
-    if sqlite:
-        connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")  # type: ignore[union-attr]
-    try:
-        _migrate(connection)
-    finally:
-        if sqlite:
-            connection.connection.driver_connection.execute("PRAGMA foreign_keys=ON")  # type: ignore[union-attr]
+    if connection.dialect.name == "sqlite":
+        # Batch mode rebuilds a table by copy, drop and rename; with foreign keys enforced,
+        # dropping the old copy of a referenced table fails on a populated database. SQLite
+        # only switches them outside a transaction (so on the raw connection, before ours
+        # begins); they are checked once the migration has committed, then enforced again.
+        raw = connection.connection.driver_connection
+        assert raw is not None
+        raw.execute("PRAGMA foreign_keys=OFF")
+        try:
+            _migrate(connection)
+            broken = raw.execute("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise RuntimeError(f"the migration left broken foreign keys: {broken[:10]}")
+        finally:
+            raw.execute("PRAGMA foreign_keys=ON")
+        return
+    _migrate(connection)
 
 
 def _migrate(connection: Connection) -> None:

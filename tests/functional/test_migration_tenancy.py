@@ -1,6 +1,6 @@
-"""Migration 0005 (reseller tenancy) upgrades a populated database of the previous head.
+"""Migration 0006 (reseller tenancy) upgrades a populated database of the previous head.
 
-The database is made at revision 0004_fees (the previous head) by Alembic and filled
+The database is made at revision 0005_collections (the previous head) by Alembic and filled
 through Core with rows of every table, as the code before tenancy wrote them (a class and
 business models shared by two resellers, unused entries, charges, payments, ledger, a
 block, closed periods, an invoice with lines and a notification, a dead letter). After
@@ -53,6 +53,8 @@ CLASSES = _t(
     sa.column("tax_rate", RATE),
     sa.column("notification_emails", sa.JSON),
     sa.column("custom_fields", sa.JSON),
+    sa.column("reminder_days", sa.JSON),
+    "suspend_after_days",
 )
 CUSTOMERS = _t(
     "customers",
@@ -174,7 +176,7 @@ DEAD = _t(
     "body",
     "headers",
 )
-PREVIOUS_HEAD = "0004_fees"
+PREVIOUS_HEAD = "0005_collections"
 UNCHANGED = [LEDGER, PERIODS, INVOICES, LINES, NOTIFICATIONS, BLOCKS, DEAD]
 
 
@@ -232,6 +234,8 @@ def _populate(conn: sa.Connection, *, clash: bool = False) -> None:
                 "tax_rate": Decimal("0.200000"),
                 "notification_emails": ["billing@acme.example"],
                 "custom_fields": [{"name": "tax_code", "type": "string", "mandatory": True}],
+                "reminder_days": [7, 1],
+                "suspend_after_days": 10,
             },
             {
                 "id": 2,
@@ -242,6 +246,8 @@ def _populate(conn: sa.Connection, *, clash: bool = False) -> None:
                 "tax_rate": Decimal("0.088750"),
                 "notification_emails": [],
                 "custom_fields": [],
+                "reminder_days": [],
+                "suspend_after_days": None,
             },
             {
                 "id": 3,
@@ -252,6 +258,8 @@ def _populate(conn: sa.Connection, *, clash: bool = False) -> None:
                 "tax_rate": Decimal(0),
                 "notification_emails": [],
                 "custom_fields": [],
+                "reminder_days": [],
+                "suspend_after_days": None,
             },
         ],
     )
@@ -598,7 +606,8 @@ def test_a_populated_database_upgrades_with_every_row_kept(url_at_previous_head:
         classes = conn.execute(
             sa.text(
                 "SELECT id, reseller_id, name, name_key, tax_rate, notification_emails,"
-                " grace_period_days, tax_name, invoice_template, custom_fields"
+                " grace_period_days, tax_name, invoice_template, custom_fields, reminder_days,"
+                " suspend_after_days"
                 " FROM customer_classes ORDER BY name, reseller_id"
             )
         ).all()

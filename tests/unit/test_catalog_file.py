@@ -203,3 +203,35 @@ def test_an_empty_catalog_is_valid() -> None:
     """Every section is optional."""
     catalog = parse_catalog("{}")
     assert catalog.resellers == []
+
+
+def test_a_class_collection_policy_is_optional_and_checked() -> None:
+    """The example's Business class has a policy, Wholesale the do-nothing default; bad
+    days are reported at their path."""
+    catalog = parse_catalog(EXAMPLE.read_text())
+    business = catalog.resellers[0].customer_classes[0]
+    wholesale = catalog.resellers[1].customer_classes[2]
+    assert business.collection.reminder_days == [7, 1]
+    assert (business.collection.suspend_after_days, business.collection.terminate_after_days) == (
+        10,
+        60,
+    )
+    assert wholesale.collection.reminder_days == []
+    assert wholesale.collection.suspend_after_days is None
+
+    bad = (
+        "resellers:\n"
+        "  - name: r\n"
+        "    customer_classes:\n"
+        "      - name: A\n"
+        "        collection: {reminder_days: [-1], suspend_after_days: 5}\n"
+        "      - name: B\n"
+        "        collection: {suspend_after_days: 10, terminate_after_days: 3}\n"
+        "      - name: C\n"
+        "        collection: {remind: [1]}\n"
+    )
+    assert problems(bad) == [
+        ("resellers[0].customer_classes[0].collection.reminder_days[0]", "out_of_range"),
+        ("resellers[0].customer_classes[1].collection", "out_of_order"),
+        ("resellers[0].customer_classes[2].collection.remind", "unknown_field"),
+    ]

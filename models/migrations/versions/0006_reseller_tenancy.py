@@ -1,10 +1,10 @@
 """The reseller is the tenant: catalog per reseller, name keys, per-reseller idempotency keys
 
-Revision ID: 0005_reseller_tenancy
-Revises: 0004_fees
+Revision ID: 0006_reseller_tenancy
+Revises: 0005_collections
 Create Date: 2026-12-02 20:00:00
 
-Upgrades a populated database of the previous head (0004_fees; the catalog as 0001 made it):
+Upgrades a populated database of the previous head (0005_collections; the catalog as 0001 made it):
 
 - `resellers.name_key` (see `models.names.name_key`), unique. Two resellers whose names
   share a key (`acme` and `ACME`) stop the upgrade with a message naming them: merging
@@ -33,8 +33,8 @@ from alembic import op
 
 from models.names import MAX_KEY_LENGTH, name_key
 
-revision: str = "0005_reseller_tenancy"
-down_revision: str | Sequence[str] | None = "0004_fees"
+revision: str = "0006_reseller_tenancy"
+down_revision: str | Sequence[str] | None = "0005_collections"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -286,6 +286,10 @@ def upgrade() -> None:
             "tax_rate",
             "notification_emails",
             "custom_fields",
+            "reminder_days",  # 0005_collections: the class's collection policy
+            "overdue_notice",
+            "suspend_after_days",
+            "terminate_after_days",
         ],
         ["customers"],
     )
@@ -297,6 +301,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     raise NotImplementedError(
-        "0005 splits the catalog per reseller and cannot be undone without choosing which "
+        "0006 splits the catalog per reseller and cannot be undone without choosing which "
         "copy of each entry to keep; restore a backup taken before the upgrade instead"
     )
