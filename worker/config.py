@@ -13,6 +13,12 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+# The hard time limit of every task (seconds); the soft limit is a minute earlier.
+TASK_TIME_LIMIT = 900
+# When an unacknowledged Redis message is handed out again (see broker_transport_options).
+REDELIVERY_AFTER = TASK_TIME_LIMIT + 60
 
 
 def _env_int(name: str, default: int, *, minimum: int = 1) -> int:
@@ -26,6 +32,53 @@ def _env_int(name: str, default: int, *, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {value}")
     return value
+
+
+@dataclass(frozen=True)
+class SMTPSettings:
+    """`BILLING_SMTP_URL`: smtp://[user:password@]host[:port][?starttls=1&from=ADDRESS], or
+    smtps://… for implicit TLS."""
+
+    host: str
+    port: int
+    ssl: bool
+    starttls: bool
+    username: str | None
+    password: str | None
+    sender_address: str
+
+    @classmethod
+    def from_url(cls, url: str) -> SMTPSettings:
+        """Parse the URL; a malformed one is a ValueError naming BILLING_SMTP_URL."""
+        parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if parts.scheme not in {"smtp", "smtps"} or not parts.hostname or port == -1:
+            raise ValueError(
+                "BILLING_SMTP_URL must be smtp://[user:password@]host[:port][?starttls=1"
+                f"&from=ADDRESS] or smtps://…, got {_redacted_smtp(url)!r}"
+            )
+        query = parse_qs(parts.query)
+        return cls(
+            host=parts.hostname,
+            port=port or (465 if parts.scheme == "smtps" else 25),
+            ssl=parts.scheme == "smtps",
+            starttls=query.get("starttls", ["0"])[0].lower() in {"1", "true", "yes"},
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            sender_address=query.get("from", ["billing@localhost"])[0],
+        )
+
+
+def _redacted_smtp(url: str) -> str:
+    # A password never goes into an error message.
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
 
 
 @dataclass(frozen=True)
@@ -47,6 +100,9 @@ class Settings:
     # and more to redo when a worker dies mid-task (a rerun creates nothing new).
     invoice_batch_size: int
     close_batch_size: int
+    # How far (seconds) the worker's clock may disagree with the database's before the
+    # worker warns; closing always goes by the database's clock (tasks/closing.py).
+    clock_skew_seconds: int
     embedded_database: bool
     embedded_broker: bool
     # Beat (see worker/beat.py): longest sleep between looks at the schedule, the redbeat
@@ -55,9 +111,10 @@ class Settings:
     beat_max_interval: int
     beat_lock_timeout: int | None
     beat_redis_url: str
-    # Invoices (see tasks/invoicing.py): the mailer's SMTP URL ("" = no mailer; the outbox
-    # keeps the notifications) and a folder of custom templates ("" = packaged ones only).
-    smtp_url: str
+    # Invoices: the mailer's SMTP server (tasks/notifications.py; None = no mailer, the
+    # outbox keeps the notifications) and a folder of custom templates ("" = packaged ones
+    # only).
+    smtp: SMTPSettings | None
     template_dir: str
 
     @property
@@ -76,9 +133,11 @@ class Settings:
                 "polling_interval": 0.1,
             }
         options: dict[str, Any] = {
-            # Longer than any task's hard time limit, so a message is only redelivered
-            # when its worker really died.
-            "visibility_timeout": 3600,
+            # A message a worker took but never acknowledged (the worker was killed, or
+            # Redis restarted under it) comes back to the queue this long after it was
+            # taken: just above the hard time limit, so a running task is never handed to
+            # a second worker, and a lost one is back within ~16 minutes, not an hour.
+            "visibility_timeout": REDELIVERY_AFTER,
         }
         if self.redis_key_prefix and self.broker_url.startswith(("redis", "rediss")):
             options["global_keyprefix"] = self.redis_key_prefix
@@ -129,6 +188,7 @@ def load_settings() -> Settings:
         reconcile_after=_env_int("BILLING_RECONCILE_AFTER", 900, minimum=0),
         invoice_batch_size=_env_int("BILLING_INVOICE_BATCH", 500),
         close_batch_size=_env_int("BILLING_CLOSE_BATCH", 2000),
+        clock_skew_seconds=_env_int("BILLING_CLOCK_SKEW", 120, minimum=0),
         embedded_database=embedded_database,
         embedded_broker=embedded_broker,
         beat_max_interval=_env_int("BILLING_BEAT_MAX_INTERVAL", 30),
@@ -138,9 +198,13 @@ def load_settings() -> Settings:
             else None
         ),
         beat_redis_url=os.environ.get("BILLING_BEAT_REDIS_URL", ""),
-        smtp_url=os.environ.get("BILLING_SMTP_URL", ""),
+        smtp=_smtp_settings(os.environ.get("BILLING_SMTP_URL", "")),
         template_dir=os.environ.get("BILLING_TEMPLATE_DIR", ""),
     )
+
+
+def _smtp_settings(url: str) -> SMTPSettings | None:
+    return SMTPSettings.from_url(url.strip()) if url.strip() else None
 
 
 @cache
