@@ -124,3 +124,23 @@ class InvoiceView:
     def document_id(self) -> str:
         """The invoice number as the e-invoice and file names carry it."""
         return str(self.number)
+
+
+def document_locale(
+    customer: str | None, customer_class: str | None, reseller: str | None, default: str
+) -> str:
+    """The locale of a customer's documents: its own, else its class's, else its reseller's."""
+    return next((locale for locale in (customer, customer_class, reseller) if locale), default)
+
+
+def issue_snapshot(
+    seller: Party, buyer: Party, *, locale: str, einvoice: str, template: str
+) -> dict[str, Any]:
+    """What an issued invoice keeps of the catalog and the customer, for its documents."""
+    return {
+        "seller": seller.as_json(),
+        "buyer": buyer.as_json(),
+        "locale": locale,
+        "einvoice": einvoice,
+        "template": template,
+    }

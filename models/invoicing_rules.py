@@ -155,8 +155,8 @@ def covered_dates(start_date: dt.date, end_date: dt.date) -> tuple[dt.date, dt.d
 
 @lru_cache(maxsize=4096)  # the same few periods recur across a whole batch
 def covered_dates_text(first: dt.date, last: dt.date, locale: str = DEFAULT_LOCALE) -> str:
-    """The inclusive local dates as the customer reads them: "March 19 – April 18, 2026",
-    "19 mars – 18 avril 2026"."""
+    """The inclusive local dates as the customer reads them, with an en dash between:
+    "March 19 - April 18, 2026", "19 mars - 18 avril 2026"."""
     if first == last:
         return format_date(first, "long", locale=locale)
     if first.year == last.year:

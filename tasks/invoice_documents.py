@@ -19,16 +19,17 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import jinja2
-from markupsafe import Markup
 from babel import Locale, UnknownLocaleError
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
@@ -140,15 +141,15 @@ def _party_context(party: Party, locale: str) -> dict[str, Any]:
 
 
 @cache
-def _vera_css() -> str:
+def _pdf_fonts() -> tuple[dict[str, str], ...]:
+    """The Bitstream Vera faces reportlab ships, embedded in every PDF (PDF/A needs it)."""
     import reportlab
 
-    fonts = Path(reportlab.__file__).resolve().parent / "fonts"
+    folder = Path(reportlab.__file__).resolve().parent / "fonts"
     faces = [("Vera.ttf", "normal", "normal"), ("VeraBd.ttf", "bold", "normal")]
     faces += [("VeraIt.ttf", "normal", "italic"), ("VeraBI.ttf", "bold", "italic")]
-    return "\n".join(
-        f'@font-face {{ font-family: "InvoiceSans"; src: url("{(fonts / name).as_uri()}"); '
-        f"font-weight: {weight}; font-style: {style}; }}"
+    return tuple(
+        {"url": (folder / name).as_uri(), "weight": weight, "style": style}
         for name, weight, style in faces
     )
 
@@ -164,10 +165,7 @@ def document_context(view: InvoiceView, *, for_pdf: bool = False) -> dict[str, A
         "document": {
             "language": language_of(locale),
             "locale": locale,
-            "font_css": Markup(_vera_css()) if for_pdf else "",
-            "font_family": Markup(
-                "InvoiceSans" if for_pdf else '"Helvetica Neue", Arial, "Liberation Sans", sans-serif'
-            ),
+            "fonts": _pdf_fonts() if for_pdf else (),
         },
         "invoice": {
             "number": view.number,
@@ -203,9 +201,7 @@ def document_context(view: InvoiceView, *, for_pdf: bool = False) -> dict[str, A
 def render_html(view: InvoiceView, *, template_dir: str = "", for_pdf: bool = False) -> str:
     """The invoice document as HTML, in the customer's locale."""
     env = template_environment(template_dir, language_of(view.locale))
-    return env.get_template(view.template_name).render(
-        **document_context(view, for_pdf=for_pdf)
-    )
+    return env.get_template(view.template_name).render(**document_context(view, for_pdf=for_pdf))
 
 
 class RenderError(RuntimeError):
@@ -225,6 +221,8 @@ def render_pdf(view: InvoiceView, *, template_dir: str = "") -> bytes:
     from xhtml2pdf import pisa
 
     html = render_html(view, template_dir=template_dir, for_pdf=True)
+    # It logs every CSS property it does not draw (border-collapse, …) as a warning.
+    logging.getLogger("xhtml2pdf").setLevel(logging.ERROR)
     out = io.BytesIO()
     with _PDF_LOCK:
         previous = rl_config.invariant
@@ -325,18 +323,60 @@ def invoice_attachments(view: InvoiceView, *, template_dir: str = "") -> list[At
 
 def notification_text(view: InvoiceView) -> tuple[str, str]:
     """The invoice e-mail's subject and plain-text body, in the customer's language."""
-    language = language_of(view.locale)
+    return _notification_text(
+        view.locale,
+        view.number,
+        view.seller.name,
+        view.buyer.name,
+        (view.covered_from, view.covered_to),
+        format_money(view.total, view.currency, view.locale),
+        view.due_date,
+    )
+
+
+def issue_notification_text(
+    snapshot: dict[str, Any],
+    number: int,
+    covered: tuple[dt.date, dt.date],
+    total: Decimal,
+    currency: str,
+    due: dt.date,
+) -> tuple[str, str]:
+    """`notification_text` for an invoice being issued, from its snapshot: string formatting
+    only, so issuing stays cheap."""
+    locale = str(snapshot["locale"])
+    return _notification_text(
+        locale,
+        number,
+        str(snapshot["seller"]["name"]),
+        str(snapshot["buyer"]["name"]),
+        covered,
+        format_money(total, currency, locale),
+        due,
+    )
+
+
+def _notification_text(
+    locale: str,
+    number: int,
+    seller: str,
+    buyer: str,
+    covered: tuple[dt.date, dt.date],
+    total: str,
+    due: dt.date,
+) -> tuple[str, str]:
+    language = language_of(locale)
     subject = translate(
-        language, "Invoice %(number)s from %(seller)s", number=view.number, seller=view.seller.name
+        language, "Invoice %(number)s from %(seller)s", number=number, seller=seller
     )
     body = translate(
         language,
         "Invoice %(number)s for %(buyer)s, covering %(covered)s: %(total)s, due %(due)s.",
-        number=view.number,
-        buyer=view.buyer.name,
-        covered=covered_dates_text(view.covered_from, view.covered_to, view.locale),
-        total=format_money(view.total, view.currency, view.locale),
-        due=format_long_date(view.due_date, view.locale),
+        number=number,
+        buyer=buyer,
+        covered=covered_dates_text(*covered, locale),
+        total=total,
+        due=format_long_date(due, locale),
     )
     return subject, body
 
