@@ -29,7 +29,7 @@ from decimal import Decimal
 from lxml import etree
 from lxml.etree import _Element
 
-from models.invoice_view import Address, InvoiceView, Party
+from models.invoice_view import Address, InvoiceView, LineView, Party
 from models.money import round_money
 
 RSM = "urn:un:unece:uncefact:data:standard:CrossIndustryInvoice:100"
@@ -94,8 +94,12 @@ def _party(parent: _Element, tag: str, party: Party) -> None:
         _ram(_ram(node, "SpecifiedTaxRegistration"), "ID", party.tax_id, schemeID="VA")
 
 
-def cii_xml(view: InvoiceView) -> bytes:
-    """The invoice as CII XML (Factur-X EN 16931 profile), UTF-8 bytes."""
+def cii_xml(view: InvoiceView, *, empty_line: str = "No charges in this period.") -> bytes:
+    """The invoice as CII XML (Factur-X EN 16931 profile), UTF-8 bytes.
+
+    EN 16931 requires at least one line (BG-25): an invoice of a period without charges
+    carries one line of amount zero named `empty_line`.
+    """
 
     def amount(value: Decimal) -> str:
         return f"{round_money(value, view.currency):f}"
@@ -113,7 +117,8 @@ def cii_xml(view: InvoiceView) -> bytes:
     _date(document, "IssueDateTime", view.issue_date)
 
     transaction = _sub(root, RSM, "SupplyChainTradeTransaction")
-    for number, line in enumerate(view.lines, start=1):
+    lines = view.lines or (LineView(empty_line, Decimal(0), None),)
+    for number, line in enumerate(lines, start=1):
         item = _ram(transaction, "IncludedSupplyChainTradeLineItem")
         _ram(_ram(item, "AssociatedDocumentLineDocument"), "LineID", str(number))
         _ram(_ram(item, "SpecifiedTradeProduct"), "Name", line.description)

@@ -242,6 +242,7 @@ def _with_metadata(pdf: bytes, view: InvoiceView) -> bytes:
 
     stamp = _pdf_instant(view.issue_date).strftime("D:%Y%m%d%H%M%S+00'00'")
     writer = PdfWriter(clone_from=PdfReader(io.BytesIO(pdf)))
+    writer.pdf_header = b"%PDF-1.7"  # PDF/A-3 is built on PDF 1.7
     writer.add_metadata(
         {
             "/Title": translate(language_of(view.locale), "Invoice %(number)s", number=view.number),
@@ -275,14 +276,20 @@ def _facturx_clock(day: dt.date) -> Iterator[None]:
         fx._get_pdf_timestamp, fx._get_metadata_timestamp = saved
 
 
+def einvoice_xml(view: InvoiceView) -> bytes:
+    """The EN 16931 CII XML of the invoice (what Factur-X embeds and `--xml` writes)."""
+    from models.einvoice import cii_xml
+
+    empty = translate(language_of(view.locale), "No charges in this period.")
+    return cii_xml(view, empty_line=empty)
+
+
 def render_facturx_pdf(view: InvoiceView, *, template_dir: str = "") -> bytes:
     """The PDF with its EN 16931 CII XML embedded as Factur-X (PDF/A-3, `factur-x.xml`)."""
     from facturx import generate_from_binary
 
-    from models.einvoice import cii_xml
-
     pdf = render_pdf(view, template_dir=template_dir)
-    xml = cii_xml(view)
+    xml = einvoice_xml(view)
     language = language_of(view.locale)
     with _PDF_LOCK, _facturx_clock(view.issue_date):
         return bytes(

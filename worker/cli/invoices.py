@@ -170,9 +170,14 @@ def show_invoice(
 def _write_documents(
     view: Any, html_path: Path | None, pdf_path: Path | None, xml_path: Path | None
 ) -> list[Path]:
-    from models.einvoice import cii_xml
     from models.invoice_view import EInvoiceFormat
-    from tasks.invoice_documents import RenderError, render_facturx_pdf, render_html, render_pdf
+    from tasks.invoice_documents import (
+        RenderError,
+        einvoice_xml,
+        render_facturx_pdf,
+        render_html,
+        render_pdf,
+    )
     from worker.config import settings
 
     wanted = [p for p in (html_path, pdf_path, xml_path) if p is not None]
@@ -188,7 +193,7 @@ def _write_documents(
             render = render_facturx_pdf if view.einvoice is EInvoiceFormat.FACTURX else render_pdf
             pdf_path.write_bytes(render(view, template_dir=template_dir))
         if xml_path is not None:
-            xml_path.write_bytes(cii_xml(view))
+            xml_path.write_bytes(einvoice_xml(view))
     except RenderError as error:
         raise click.ClickException(str(error)) from None
     except OSError as error:
