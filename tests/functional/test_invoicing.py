@@ -213,8 +213,10 @@ def test_a_rendered_invoice_shows_the_customer_dates_and_totals(worker, clean_db
 
     shown = CliRunner().invoke(
         main,
-        ["invoices", "show", str(number), "--reseller", "tokyo-voice", "--html", str(page)]
-        + ["--pdf", str(pdf), "--xml", str(xml)],
+        [
+            *("invoices", "show", str(number), "--reseller", "tokyo-voice"),
+            *("--html", str(page), "--pdf", str(pdf), "--xml", str(xml)),
+        ],
     )
     listed = CliRunner().invoke(
         main, ["invoices", "list", "--customer", "HOKUSAI & sons <ltd>", "--json"]
