@@ -37,15 +37,14 @@ def upgrade() -> None:
         batch.add_column(_text("locale", 35))
     with op.batch_alter_table("customer_classes") as batch:
         batch.add_column(sa.Column("requires", sa.JSON(), nullable=True))
-        batch.add_column(
-            sa.Column(
-                "einvoice_format", sa.String(length=16), server_default="none", nullable=False
-            )
-        )
         batch.add_column(_text("locale", 35))
-        batch.create_check_constraint(
-            "einvoice_format_known", "einvoice_format IN ('none', 'factur-x')"
-        )
+    # A column constraint in ADD COLUMN: SQLite accepts it there, where adding a table
+    # constraint would mean copying the table that customers refer to.
+    op.execute(
+        "ALTER TABLE customer_classes ADD COLUMN einvoice_format VARCHAR(16) DEFAULT 'none' "
+        "NOT NULL CONSTRAINT ck_customer_classes_einvoice_format_known "
+        "CHECK (einvoice_format IN ('none', 'factur-x'))"
+    )
     with op.batch_alter_table("customers") as batch:
         batch.add_column(sa.Column("billing_address", sa.JSON(), nullable=True))
         batch.add_column(sa.Column("tax_id", sa.String(length=50), nullable=True))
@@ -62,7 +61,6 @@ def downgrade() -> None:
         for name in ("locale", "invoice_email", "tax_id", "billing_address"):
             batch.drop_column(name)
     with op.batch_alter_table("customer_classes") as batch:
-        batch.drop_constraint("einvoice_format_known", type_="check")
         for name in ("locale", "einvoice_format", "requires"):
             batch.drop_column(name)
     with op.batch_alter_table("resellers") as batch:
