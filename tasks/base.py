@@ -105,6 +105,17 @@ class BillingTask(Task):  # type: ignore[misc]
         )
 
 
+def one_line(exc: BaseException) -> str:
+    """An error as one line for a person: its type and first non-blank line, and its
+    cause's (a library's wrapper often hides what was really down)."""
+    parts = []
+    for error in (exc, exc.__cause__):
+        if error is not None:
+            text = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+            parts.append(f"{type(error).__name__}: {text}" if text else type(error).__name__)
+    return "; ".join(parts)
+
+
 def utcnow() -> dt.datetime:
     """The current instant. Only task adapters read the clock; services are given `now`."""
     return dt.datetime.now(dt.UTC)

@@ -68,6 +68,7 @@ from models.invoicing_rules import (
     local_date,
 )
 from tasks.base import BillingTask, WorkFailed, database_clock, is_transient
+from tasks.fees import ClosedPeriodFees, bill_fees
 from tasks.invoice_documents import issue_notification_text
 from tasks.notifications import queue_mailing_after_commit
 from worker.celery_app import app
@@ -98,6 +99,7 @@ class _Period:
     notification_emails: list[str]
     invoice_email: str | None
     snapshot: dict[str, Any]  # parties, locale, format: see models.invoice_view.issue_snapshot
+    fees: ClosedPeriodFees
 
 
 @dataclass
@@ -143,6 +145,8 @@ def _load_periods(session: Session, ids: Sequence[int]) -> dict[int, _Period]:
             CustomerClass.notification_emails,
             CustomerClass.einvoice_format,
             CustomerClass.locale.label("class_locale"),
+            ClosedPeriod.billing_period,
+            Customer.created_local_date,
         )
         .join(Customer, Customer.id == ClosedPeriod.customer_id)
         .join(Reseller, Reseller.id == Customer.reseller_id)
@@ -185,6 +189,18 @@ def _load_periods(session: Session, ids: Sequence[int]) -> dict[int, _Period]:
                 ),
                 einvoice=row.einvoice_format,
                 template=row.invoice_template,
+            ),
+            fees=ClosedPeriodFees(
+                closed_period_id=row.closed_period_id,
+                customer_id=row.customer_id,
+                currency=row.currency,
+                anchor=row.created_local_date,
+                billing_period=row.billing_period,
+                timezone=row.billing_timezone,
+                period_start=row.period_start,
+                period_end=row.period_end,
+                start_date=row.start_date,
+                end_date=row.end_date,
             ),
         )
     return periods
@@ -320,7 +336,14 @@ def _prepare(session: Session, period: _Period, now: dt.datetime) -> _Prepared |
     invoice_id, created = claimed
     # An invoice left `generating` by an earlier attempt keeps the lines it already has.
     resumed = [] if created else _existing_lines(session, invoice_id)
-    lines = resumed + _take_charges(session, period, invoice_id)
+    # Recurring fees are billed with the invoice row that records them, so a resumed
+    # invoice already has its fee lines.
+    fees = (
+        [_Line(f.description, f.amount, None) for f in bill_fees(session, period.fees, invoice_id)]
+        if created
+        else []
+    )
+    lines = resumed + fees + _take_charges(session, period, invoice_id)
     totals = invoice_totals((line.amount for line in lines), period.tax_rate, period.currency)
     return _Prepared(
         period=period,
