@@ -569,7 +569,9 @@ def _record_failures(
 ) -> None:
     """Count each failed generation on its period and push its next re-queue further away
     (reconcile re-queues it after `retry_after`, then 2x, 4x, …; see ClosedPeriod)."""
-    failed = [f for f in failures if f.code == GENERATION_FAILED]
+    # A held period counts too: it is retried (and given up on) with the period holding it,
+    # instead of being re-queued by every reconcile while that one cannot be invoiced.
+    failed = [f for f in failures if f.code in {GENERATION_FAILED, EARLIER_PERIOD_PENDING}]
     if not failed:
         return
     attempts: dict[int, int] = {
