@@ -14,8 +14,8 @@ stores nothing, so its key may be sent again later (after a top-up, say).
 Refusals are results, never exceptions: `{"status": "refused", "errors": [{field, code,
 message}]}`. Codes: `invalid` / `required` / `unknown_field` (malformed payload),
 `unknown_currency`, `invalid_amount`, `unknown_customer`, `currency_mismatch`,
-`customer_inactive` (charges only), `credit_limit_reached`, `insufficient_funds`,
-`idempotency_conflict`.
+`customer_closed` / `customer_inactive` (charges only), `credit_limit_reached`,
+`insufficient_funds`, `idempotency_conflict`.
 """
 
 from __future__ import annotations
@@ -197,6 +197,16 @@ def _apply(
     session.flush()
 
 
+def _closed_refusal(customer: Customer) -> dict[str, Any]:
+    closed = customer.closed_at.isoformat() if customer.closed_at is not None else "earlier"
+    return _error(
+        "customer",
+        "customer_closed",
+        f"{customer.name!r} was closed at {closed} and its final invoice made; "
+        "no charge can be recorded for it any more",
+    )
+
+
 def _outcome(
     kind: str, row_id: int, customer: Customer, amount: Decimal, entry: LedgerEntry | None
 ) -> Result:
@@ -277,6 +287,8 @@ def _record(session: Session, kind: str, payload: object, *, now: dt.datetime) -
     )
     if existing is not None:
         return _replay(session, kind, existing, customer, amount, at)
+    if is_charge and customer.status == CustomerStatus.CLOSED:
+        return refused(_closed_refusal(customer))
     if is_charge and customer.status != CustomerStatus.ACTIVE:
         return refused(
             _error("customer", "customer_inactive", f"{customer.name!r} is {customer.status}")
