@@ -47,6 +47,10 @@ def _customer_class_row(spec: Any) -> dict[str, Any]:
         "requires": list(spec.requires),
         "einvoice_format": spec.einvoice_format,
         "locale": spec.locale,
+        "reminder_days": sorted(spec.collection.reminder_days, reverse=True),
+        "overdue_notice": spec.collection.overdue_notice,
+        "suspend_after_days": spec.collection.suspend_after_days,
+        "terminate_after_days": spec.collection.terminate_after_days,
     }
 
 

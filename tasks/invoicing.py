@@ -26,6 +26,9 @@ the wrong invoice.
 Notifications: each issued invoice writes one outbox row per address of the class's
 notification list (unique per invoice and recipient); `tasks/notifications.py` mails them.
 
+Settlement: once a batch is issued, `tasks.settlement.settle_issued` pays its prepaid
+invoices from funds and applies any postpaid customer's credit (see that module).
+
 Tax is computed on the subtotal (see `models.invoicing_rules`). The issue date is the local
 date of `now` in the period's billing timezone; due date = issue date + the class's grace
 period.
@@ -56,6 +59,7 @@ from models import (
     NotificationStatus,
     Reseller,
 )
+from models.billing import LIVE_INVOICE
 from models.intake import Problem
 from models.invoice_view import Address, Party, document_locale, issue_snapshot
 from models.invoicing_rules import (
@@ -71,6 +75,7 @@ from tasks.base import BillingTask, WorkFailed, database_clock, is_transient
 from tasks.fees import ClosedPeriodFees, bill_fees
 from tasks.invoice_documents import issue_notification_text
 from tasks.notifications import queue_mailing_after_commit
+from tasks.settlement import settle_issued
 from worker.celery_app import app
 from worker.config import settings
 from worker.db import dialect_insert, unit_of_work
@@ -248,7 +253,7 @@ def _claim_invoice(session: Session, period: _Period) -> tuple[int, bool] | None
             covered_from=covered_from,
             covered_to=covered_to,
         )
-        .on_conflict_do_nothing(index_elements=["closed_period_id"])
+        .on_conflict_do_nothing(index_elements=["closed_period_id"], index_where=LIVE_INVOICE)
         .returning(Invoice.id)
     ).scalar_one_or_none()
     if invoice_id is not None:
@@ -256,7 +261,7 @@ def _claim_invoice(session: Session, period: _Period) -> tuple[int, bool] | None
     # The invoice exists (committed: a concurrent insert made us wait for its outcome).
     existing = session.execute(
         select(Invoice.id, Invoice.status)
-        .where(Invoice.closed_period_id == period.closed_period_id)
+        .where(Invoice.closed_period_id == period.closed_period_id, LIVE_INVOICE)
         .with_for_update()
     ).one()
     return None if existing.status == InvoiceStatus.ISSUED else (int(existing.id), False)
@@ -264,12 +269,17 @@ def _claim_invoice(session: Session, period: _Period) -> tuple[int, bool] | None
 
 def _take_charges(session: Session, period: _Period, invoice_id: int) -> list[_Line]:
     """Attach the period's uninvoiced charges (and late ones, see module doc) to the invoice."""
+    # A period whose invoice was voided waits for its reissue (tasks.corrections) like
+    # an uninvoiced one: no live invoice.
+    awaiting_reissue = ~exists().where(
+        Invoice.closed_period_id == ClosedPeriod.id, Invoice.status != InvoiceStatus.VOID
+    )
     own_period_pending = exists().where(
         ClosedPeriod.customer_id == Charge.customer_id,
         ClosedPeriod.period_start <= Charge.occurred_at,
         ClosedPeriod.period_end > Charge.occurred_at,
         ClosedPeriod.id != period.closed_period_id,
-        ClosedPeriod.invoiced.is_(False),
+        or_(ClosedPeriod.invoiced.is_(False), awaiting_reissue),
     )
     # One statement claims and locks: UPDATE takes the row locks, and a row another
     # generator claimed meanwhile fails the re-checked `invoice_id IS NULL` and is skipped.
@@ -398,6 +408,7 @@ def _issue(session: Session, prepared: list[_Prepared], now: dt.datetime) -> lis
                 notification_rows.append(
                     {
                         "invoice_id": item.invoice_id,
+                        "topic": "invoice",
                         "recipient": recipient,
                         "subject": subject,
                         "body_text": body,
@@ -421,7 +432,9 @@ def _issue(session: Session, prepared: list[_Prepared], now: dt.datetime) -> lis
     if notification_rows:
         insert = dialect_insert(session)
         session.execute(
-            insert(Notification).on_conflict_do_nothing(index_elements=["invoice_id", "recipient"]),
+            insert(Notification).on_conflict_do_nothing(
+                index_elements=["invoice_id", "topic", "recipient"]
+            ),
             notification_rows,
         )
     return issued
@@ -571,7 +584,9 @@ def _record_failures(
 ) -> None:
     """Count each failed generation on its period and push its next re-queue further away
     (reconcile re-queues it after `retry_after`, then 2x, 4x, …; see ClosedPeriod)."""
-    failed = [f for f in failures if f.code == GENERATION_FAILED]
+    # A held period counts too: it is retried (and given up on) with the period holding it,
+    # instead of being re-queued by every reconcile while that one cannot be invoiced.
+    failed = [f for f in failures if f.code in {GENERATION_FAILED, EARLIER_PERIOD_PENDING}]
     if not failed:
         return
     attempts: dict[int, int] = {
@@ -620,6 +635,7 @@ def generate_invoices(
     todo = [periods[i] for i in sorted(periods) if not periods[i].invoiced]
     prepared, already_now, failed = _prepare_all(session, todo, now)
     invoices = _issue(session, prepared, now)
+    settle_issued(session, [i.invoice_id for i in invoices], now=now)
     _record_failures(session, failed, now, retry_after)
     return InvoicingResult(
         invoices=tuple(invoices),

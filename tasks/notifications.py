@@ -101,12 +101,13 @@ def send_notifications(
         message.set_content(notification.body_text)
         notification.attempts += 1
         try:
-            if notification.invoice_id not in documents:
+            # The invoice itself carries its documents; reminders and notices are text only.
+            if notification.topic == "invoice" and notification.invoice_id not in documents:
                 documents[notification.invoice_id] = _documents(
                     session, notification.invoice_id, template_dir
                 )
-            document = documents[notification.invoice_id]
-            if document is not None:
+            document = documents.get(notification.invoice_id)
+            if document is not None and notification.topic == "invoice":
                 html, attachments = document
                 message.add_alternative(html, subtype="html")
                 for attachment in attachments:

@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 TASK_TIME_LIMIT = 900
 # When an unacknowledged Redis message is handed out again (see broker_transport_options).
 REDELIVERY_AFTER = TASK_TIME_LIMIT + 60
+RESTORE_SWEEP = 10
 
 
 def _env_int(name: str, default: int, *, minimum: int = 1) -> int:
@@ -93,6 +94,8 @@ class Settings:
     close_interval: int
     reconcile_interval: int
     reconcile_after: int
+    # Seconds between collection runs (tasks/collections.py).
+    collections_interval: int
     # Closed periods per invoice-generation message. Each message costs the close about a
     # millisecond to send; invoicing runs about 300 invoices a second per process, so 500
     # is ~2 s of work per task, far inside the time limit. Larger means fewer messages but
@@ -140,6 +143,10 @@ class Settings:
             # taken: just above the hard time limit, so a running task is never handed to
             # a second worker, and a lost one is back within ~16 minutes, not an hour.
             "visibility_timeout": REDELIVERY_AFTER,
+            # Every worker looks for such messages every 10 s (kombu's default is one real
+            # look every 10th sweep, ~100 s), so the bound is REDELIVERY_AFTER + 10 s.
+            "unacked_restore_interval": RESTORE_SWEEP,
+            "unacked_restore_throttle": 1,
         }
         if self.redis_key_prefix and self.broker_url.startswith(("redis", "rediss")):
             options["global_keyprefix"] = self.redis_key_prefix
@@ -188,6 +195,7 @@ def load_settings() -> Settings:
         close_interval=_env_int("BILLING_CLOSE_INTERVAL", 300),
         reconcile_interval=_env_int("BILLING_RECONCILE_INTERVAL", 300),
         reconcile_after=_env_int("BILLING_RECONCILE_AFTER", 900, minimum=0),
+        collections_interval=_env_int("BILLING_COLLECTIONS_INTERVAL", 300),
         invoice_batch_size=_env_int("BILLING_INVOICE_BATCH", 500),
         close_batch_size=_env_int("BILLING_CLOSE_BATCH", 2000),
         clock_skew_seconds=_env_int("BILLING_CLOCK_SKEW", 120, minimum=0),

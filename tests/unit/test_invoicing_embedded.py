@@ -298,4 +298,7 @@ def test_a_later_period_waits_while_an_earlier_one_fails(session) -> None:
     assert [i["closed_period_id"] for i in result["invoices"]] == [fine.id]
     assert {e["code"] for e in result["errors"]} == {"generation_failed", "earlier_period_pending"}
     assert sorted(result["failed"]) == sorted([early.id, late.id])
-    assert session.get(ClosedPeriod, late.id).invoiced is False
+    held = session.get(ClosedPeriod, late.id)
+    session.refresh(held)
+    assert (held.invoiced, held.invoice_attempts) == (False, 1)
+    assert "earlier period" in held.invoice_error

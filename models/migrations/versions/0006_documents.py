@@ -1,8 +1,8 @@
 """Invoice parties and documents: seller details on resellers, buyer details on customers,
 the e-invoice format and locale on classes, the issue-time snapshot on invoices
 
-Revision ID: 0005_documents
-Revises: 0004_fees
+Revision ID: 0006_documents
+Revises: 0005_collections
 Create Date: 2026-12-02 20:45:00
 """
 
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0005_documents"
-down_revision: str | Sequence[str] | None = "0004_fees"
+revision: str = "0006_documents"
+down_revision: str | Sequence[str] | None = "0005_collections"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
