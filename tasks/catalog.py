@@ -31,6 +31,7 @@ def _reseller_row(spec: Any) -> dict[str, Any]:
         "name_key": name_key(spec.name),
         "name": spec.name,
         "display_name": spec.display_name or spec.name,
+        **spec.party_row(),
     }
 
 
@@ -55,6 +56,9 @@ def _customer_class_row(reseller_id: int, spec: Any) -> dict[str, Any]:
         "tax_rate": spec.tax_rate,
         "notification_emails": list(spec.notification_emails),
         "custom_fields": spec.custom_fields_json(),
+        "requires": list(spec.requires),
+        "einvoice_format": spec.einvoice_format,
+        "locale": spec.locale,
         "reminder_days": sorted(spec.collection.reminder_days, reverse=True),
         "overdue_notice": spec.collection.overdue_notice,
         "suspend_after_days": spec.collection.suspend_after_days,

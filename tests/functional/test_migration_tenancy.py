@@ -1,6 +1,6 @@
-"""Migration 0006 (reseller tenancy) upgrades a populated database of the previous head.
+"""Migration 0007 (reseller tenancy) upgrades a populated database of the previous head.
 
-The database is made at revision 0005_collections (the previous head) by Alembic and filled
+The database is made at revision 0006_documents (the previous head) by Alembic and filled
 through Core with rows of every table, as the code before tenancy wrote them (a class and
 business models shared by two resellers, unused entries, charges, payments, ledger, a
 block, closed periods, an invoice with lines and a notification, a dead letter). After
@@ -176,7 +176,7 @@ DEAD = _t(
     "body",
     "headers",
 )
-PREVIOUS_HEAD = "0005_collections"
+PREVIOUS_HEAD = "0006_documents"
 UNCHANGED = [LEDGER, PERIODS, INVOICES, LINES, NOTIFICATIONS, BLOCKS, DEAD]
 
 

@@ -31,11 +31,12 @@ def load_command(file: Path, as_json: bool) -> None:
     file (including a class naming an invoice template that does not exist) is reported in
     full and nothing is stored (exit status 1).
     """
-    from tasks.invoicing import template_environment
+    from tasks.invoice_documents import template_environment
 
     try:
         spec = parse_catalog(file.read_text(encoding="utf-8-sig"), filename=file.name)
-        check_templates(spec, template_environment().list_templates(extensions=["html"]))
+        templates = template_environment(settings().template_dir, "en")
+        check_templates(spec, templates.list_templates(extensions=["html"]))
     except (CatalogFileError, UnicodeDecodeError) as error:
         problems = (
             error.errors

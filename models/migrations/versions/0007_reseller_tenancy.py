@@ -1,10 +1,10 @@
 """The reseller is the tenant: catalog per reseller, name keys, per-reseller idempotency keys
 
-Revision ID: 0006_reseller_tenancy
-Revises: 0005_collections
+Revision ID: 0007_reseller_tenancy
+Revises: 0006_documents
 Create Date: 2026-12-02 20:00:00
 
-Upgrades a populated database of the previous head (0005_collections; the catalog as 0001 made it):
+Upgrades a populated database of the previous head (0006_documents; the catalog as 0001 made it):
 
 - `resellers.name_key` (see `models.names.name_key`), unique. Two resellers whose names
   share a key (`acme` and `ACME`) stop the upgrade with a message naming them: merging
@@ -33,8 +33,8 @@ from alembic import op
 
 from models.names import MAX_KEY_LENGTH, name_key
 
-revision: str = "0006_reseller_tenancy"
-down_revision: str | Sequence[str] | None = "0005_collections"
+revision: str = "0007_reseller_tenancy"
+down_revision: str | Sequence[str] | None = "0006_documents"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -290,6 +290,9 @@ def upgrade() -> None:
             "overdue_notice",
             "suspend_after_days",
             "terminate_after_days",
+            "requires",  # 0006_documents: what intake must have, documents' format/locale
+            "locale",
+            "einvoice_format",
         ],
         ["customers"],
     )
@@ -301,6 +304,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     raise NotImplementedError(
-        "0006 splits the catalog per reseller and cannot be undone without choosing which "
+        "0007 splits the catalog per reseller and cannot be undone without choosing which "
         "copy of each entry to keep; restore a backup taken before the upgrade instead"
     )
