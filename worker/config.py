@@ -14,18 +14,59 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
+
+
+class SettingsError(ValueError):
+    """A setting in the environment that cannot be used; the message names the variable."""
+
 
 def _env_int(name: str, default: int, *, minimum: int = 1) -> int:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
         return default
     try:
-        value = int(raw)
+        value = int(raw.strip(), 10)
     except ValueError:
-        raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
     if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
     return value
+
+
+def redacted_url(url: str) -> str:
+    """`url` with its password hidden, fit to print."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except sa_exc.ArgumentError:
+        return url.rpartition("@")[2]
+
+
+def _check_database_url(url: str) -> str:
+    """`url` if SQLAlchemy can open that kind of database with an installed driver."""
+    example = "postgresql+psycopg://user@host:5432/billing or sqlite:////absolute/path.sqlite3"
+    try:
+        dialect = make_url(url).get_dialect()
+    except sa_exc.ArgumentError:
+        raise SettingsError(
+            f"BILLING_DATABASE_URL is not a database URL ({redacted_url(url)!r}); "
+            f"write one such as {example}"
+        ) from None
+    except sa_exc.NoSuchModuleError:
+        kind = url.partition(":")[0]
+        raise SettingsError(
+            f"BILLING_DATABASE_URL names {kind!r}, which is not a database SQLAlchemy knows; "
+            f"write one such as {example}"
+        ) from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as missing:
+        raise SettingsError(
+            f"BILLING_DATABASE_URL needs the driver {missing.name or missing}, which is not "
+            f"installed; write one such as {example}"
+        ) from None
+    return url
 
 
 @dataclass(frozen=True)
@@ -47,6 +88,10 @@ class Settings:
     # and more to redo when a worker dies mid-task (a rerun creates nothing new).
     invoice_batch_size: int
     close_batch_size: int
+    # How far ahead of this machine's clock an instant given by a user (`billing close
+    # --as-of`, a charge's `occurred_at`, a payment's `received_at`) may be before it is
+    # refused as "in the future": clocks of the machines that produce them disagree a little.
+    clock_skew_seconds: int
     embedded_database: bool
     embedded_broker: bool
     # Beat (see worker/beat.py): longest sleep between looks at the schedule, the redbeat
@@ -107,6 +152,8 @@ def load_settings() -> Settings:
     embedded_broker = not broker_url
     if embedded_database:
         database_url = f"sqlite:///{data_dir / 'billing.sqlite3'}"
+    else:
+        database_url = _check_database_url(database_url)
     if embedded_broker:
         # The host means nothing to the file-system transport; naming one keeps kombu from
         # warning "No hostname was supplied" on every connection.
@@ -129,6 +176,7 @@ def load_settings() -> Settings:
         reconcile_after=_env_int("BILLING_RECONCILE_AFTER", 900, minimum=0),
         invoice_batch_size=_env_int("BILLING_INVOICE_BATCH", 500),
         close_batch_size=_env_int("BILLING_CLOSE_BATCH", 2000),
+        clock_skew_seconds=_env_int("BILLING_CLOCK_SKEW", 120, minimum=0),
         embedded_database=embedded_database,
         embedded_broker=embedded_broker,
         beat_max_interval=_env_int("BILLING_BEAT_MAX_INTERVAL", 30),
