@@ -46,7 +46,7 @@ class CustomerClass(Base):
     """Parameters shared by every customer of the class.
 
     `custom_fields` is a list of `{"name": str, "type": str, "mandatory": bool}`; `type` is
-    one of `models.intake.CUSTOM_FIELD_TYPES`.
+    one of `models.custom_fields.CUSTOM_FIELD_TYPES`.
     """
 
     __tablename__ = "customer_classes"

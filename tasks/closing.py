@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 
 from models import ClosedPeriod, Customer, CustomerStatus
 from models.closing_rules import Advance, GroupedPeriods
-from models.intake import parse_instant
+from models.validation import parse_instant
 from tasks.base import BackgroundSender, BillingTask
 from worker.celery_app import app
 from worker.config import settings

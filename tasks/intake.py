@@ -39,19 +39,19 @@ from sqlalchemy.orm import Session
 from models.base import table_of
 from models.billing import LedgerEntry
 from models.catalog import BusinessModel, CustomerClass, Reseller
+from models.custom_fields import CustomField
 from models.customer import BalanceControl, Customer
 from models.intake import (
     Accepted,
     CatalogRefs,
     CustomerIntake,
-    CustomField,
     IntakeDraft,
-    Problem,
     Rejected,
     finish_intake,
     parse_intake,
 )
 from models.periods import Period, PeriodError, first_period
+from models.validation import Problem, iso_utc
 from tasks.base import BillingTask, utcnow
 from worker.celery_app import app
 from worker.db import dialect_insert, unit_of_work
@@ -87,10 +87,6 @@ def _catalog_refs(session: Session, draft: IntakeDraft) -> CatalogRefs:
     )
 
 
-def _iso(instant: dt.datetime) -> str:
-    return instant.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-
-
 def _utc(instant: dt.datetime) -> dt.datetime:
     """A plain stdlib UTC datetime (the engine returns pendulum instances)."""
     return dt.datetime.fromtimestamp(instant.timestamp(), dt.UTC)
@@ -99,8 +95,8 @@ def _utc(instant: dt.datetime) -> dt.datetime:
 def period_summary(period: Period) -> dict[str, str]:
     """A period as JSON: UTC instants and the local dates it covers."""
     return {
-        "start": _iso(period.start),
-        "end": _iso(period.end),
+        "start": iso_utc(period.start),
+        "end": iso_utc(period.end),
         "first_day": period.start.date().isoformat(),
         "last_day": (period.end.date() - dt.timedelta(days=1)).isoformat(),
     }

@@ -47,8 +47,7 @@ def _is_missing_schema(error: sa_exc.DBAPIError) -> bool:
     return (
         message.startswith("no such table")
         or type(error.orig).__name__ == "UndefinedTable"
-        or 'relation "' in message
-        and "does not exist" in message
+        or ('relation "' in message and "does not exist" in message)
     )
 
 
@@ -64,17 +63,17 @@ def explain_database(error: BaseException, conf: Settings) -> str | None:
         path = _sqlite_path(url)
         if path is not None:
             return (
-                f"could not open the SQLite database {path} ({_first_line(error.orig)})\n"
+                f"could not open the SQLite database {path} ({_first_line(error.orig or error)})\n"
                 f"check that the folder {path.parent} exists and is writable "
                 "(BILLING_DATA_DIR, or BILLING_DATABASE_URL)"
             )
         return (
-            f"could not reach the database {redacted(url)}: {_first_line(error.orig)}\n"
+            f"could not reach the database {redacted(url)}: {_first_line(error.orig or error)}\n"
             "check BILLING_DATABASE_URL and that the database server is running"
         )
     if isinstance(error, sa_exc.ProgrammingError):
         return (
-            f"the database refused a query: {_first_line(error.orig)}\n"
+            f"the database refused a query: {_first_line(error.orig or error)}\n"
             "is the schema up to date? run `billing db upgrade`"
         )
     return None
