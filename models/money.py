@@ -83,10 +83,11 @@ def decimal_places(amount: Decimal) -> int:
     return max(0, -exponent) if isinstance(exponent, int) else 0
 
 
-def money_text(amount: Decimal, code: str) -> str:
-    """An amount for a message: in the currency's minor units, with its code ("1234.56 USD")."""
+def money_text(amount: Decimal, code: str | None) -> str:
+    """An amount for a message: in the currency's minor units, with its code ("1234.56 USD");
+    without a (known) currency, as few digits as it needs ("1234.56")."""
     try:
-        return f"{round_money(amount, code)} {code}"
+        return f"{round_money(amount, code)} {code}" if code else f"{amount.normalize():f}"
     except MoneyError:
         return f"{amount.normalize():f} {code}"
 

@@ -95,6 +95,10 @@ def is_email(text: str) -> bool:
 # --------------------------------------------------------------------------------------------
 # Instants
 
+# BILLING_CLOCK_SKEW's default (worker/config.py): how far ahead of now a user's instant
+# may be, in seconds, before it is refused as in the future.
+DEFAULT_CLOCK_SKEW_SECONDS: Final = 120
+
 INSTANT_EXAMPLE: Final = "'2026-03-19T14:30:00Z' or '2026-03-19T09:30:00-05:00'"
 
 
@@ -238,13 +242,14 @@ def problems_from(
     error: ValidationError,
     *,
     field: str | None = None,
-    expected: str | None = None,
+    expected: str | Mapping[str, str] | None = None,
     accepted: Iterable[str] = (),
 ) -> list[Problem]:
     """Every problem in `error` as a Problem with this project's codes and phrasing.
 
     `field` names the key when the error comes from validating one value on its own (its
-    location is then empty); `expected` says what that key takes ("a string such as 'USD'");
+    location is then empty); `expected` says what that key takes ("a string such as 'USD'"),
+    or, for a whole payload, what each top-level key takes;
     `accepted` lists the payload's keys, quoted in `unknown_field` messages.
     """
     known = ", ".join(accepted)
@@ -253,7 +258,12 @@ def problems_from(
         where = _path(detail["loc"])
         if field is not None:
             where = f"{field}.{where}" if where else field
-        problem = _problem(detail, where, expected if field is not None else None)
+        if isinstance(expected, Mapping):
+            top = next((p for p in detail["loc"] if isinstance(p, str)), "")
+            wanted = expected.get(top)
+        else:
+            wanted = expected if field is not None else None
+        problem = _problem(detail, where, wanted)
         if problem.code == "unknown_field" and known:
             problem = Problem(
                 problem.field, problem.code, f"{where!r} is not a known field; accepted: {known}"

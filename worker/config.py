@@ -17,6 +17,8 @@ from typing import Any
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
+from models.validation import DEFAULT_CLOCK_SKEW_SECONDS
+
 
 class SettingsError(ValueError):
     """A setting in the environment that cannot be used; the message names the variable."""
@@ -176,7 +178,7 @@ def load_settings() -> Settings:
         reconcile_after=_env_int("BILLING_RECONCILE_AFTER", 900, minimum=0),
         invoice_batch_size=_env_int("BILLING_INVOICE_BATCH", 500),
         close_batch_size=_env_int("BILLING_CLOSE_BATCH", 2000),
-        clock_skew_seconds=_env_int("BILLING_CLOCK_SKEW", 120, minimum=0),
+        clock_skew_seconds=_env_int("BILLING_CLOCK_SKEW", DEFAULT_CLOCK_SKEW_SECONDS, minimum=0),
         embedded_database=embedded_database,
         embedded_broker=embedded_broker,
         beat_max_interval=_env_int("BILLING_BEAT_MAX_INTERVAL", 30),

@@ -41,7 +41,7 @@ def test_jsonl_lines_are_numbered_and_malformed_ones_reported() -> None:
 
 def test_a_line_that_is_not_utf8_is_one_malformed_line_and_the_rest_are_read() -> None:
     """A Latin-1 byte on line 2 makes line 2 malformed (`not UTF-8`), never the whole file."""
-    data = '{"name": "A"}\n{"name": "Caf'.encode() + b"\xe9" + b'"}\n{"name": "B"}\n'
+    data = b'{"name": "A"}\n{"name": "Caf' + b"\xe9" + b'"}\n{"name": "B"}\n'
 
     lines = _read(data)
 
@@ -71,7 +71,7 @@ def test_duplicate_json_keys_are_refused() -> None:
 
 def test_csv_given_to_the_json_reader_gets_one_hint_when_the_format_was_guessed() -> None:
     """A CSV piped without --format stops at its header with a hint, not one error a line."""
-    with pytest.raises(InputError, match="looks like a CSV header.*--format csv"):
+    with pytest.raises(InputError, match=r"looks like a CSV header.*--format csv"):
         _read("name,currency\nA,USD\n", guessed=True)
 
 
