@@ -92,12 +92,25 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def connection_lost(error: BaseException) -> str | None:
+    """The driver's one-line reason if `error` is (or was caused by) a lost connection to
+    the broker or the result backend, else None. Celery's Redis result backend, once out
+    of reconnection attempts, raises a RuntimeError caused by the connection error."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, _connection_errors()):
+            return _first_line(seen)
+        seen = seen.__cause__
+    return None
+
+
 def explain_broker(error: BaseException, conf: Settings) -> str | None:
     """One or two lines for a broker or result-backend outage, or None."""
-    if not isinstance(error, _connection_errors()):
+    reason = connection_lost(error)
+    if reason is None:
         return None
     return (
-        f"could not reach the broker {redacted(conf.broker_url)} ({_first_line(error)})\n"
+        f"could not reach the broker {redacted(conf.broker_url)} ({reason})\n"
         "check BILLING_BROKER_URL (and BILLING_RESULT_BACKEND) and that Redis is running"
     )
 

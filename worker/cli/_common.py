@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sys
 import time
 from collections import Counter
@@ -23,12 +24,13 @@ from typing import IO, Any, NoReturn
 import click
 from tqdm import tqdm
 
+from models.movements import MAX_ROW_ID
 from models.validation import Problem, iso_utc
 from worker.reachability import (
     bound_producer_retries,
     check_broker,
     check_result_backend,
-    explain_broker,
+    connection_lost,
 )
 
 __all__ = [
@@ -40,6 +42,25 @@ __all__ = [
     "read_lines",
     "send_and_collect",
 ]
+
+
+class _Seconds(click.FloatRange):
+    """A positive, finite number of seconds (`nan` and `inf` are refused too)."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if not math.isfinite(seconds):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        return seconds
+
+
+# Types for every numeric option, so a wrong number is a usage error (exit 2) on every
+# database alike: counts and row ids are 1 .. the largest 64-bit id.
+SECONDS = _Seconds(min=0, min_open=True)
+LIMIT = click.IntRange(1, MAX_ROW_ID)
+ROW_ID = click.IntRange(1, MAX_ROW_ID)
 
 # With --wait and no result after this many seconds, ask whether any worker consumes the
 # queue at all (a worker that is merely busy keeps the command waiting).
@@ -299,6 +320,15 @@ def _consumers(app: Any, queue: str) -> int:
     return sum(1 for queues in replies.values() if any(q.get("name") == queue for q in queues))
 
 
+def prepare_producer(app: Any, *, wait: bool) -> None:
+    """Before a command sends anything: give up on a dead broker (and, with `wait`, a dead
+    result backend) within a few seconds, with one line saying which."""
+    bound_producer_retries(app)
+    check_broker(app)
+    if wait:
+        check_result_backend(app)
+
+
 def send_and_collect(
     app: Any,
     task_name: str,
@@ -317,10 +347,7 @@ def send_and_collect(
     result backend lost while waiting or no worker consuming `queue` ends the command with
     a note saying what is known and which lines to send again.
     """
-    bound_producer_retries(app)
-    check_broker(app)
-    if wait:
-        check_result_backend(app)
+    prepare_producer(app, wait=wait)
     report = Report()
     pending: list[tuple[int, Any]] = []
     with tqdm(total=total, unit="line", desc="send", disable=not progress, file=sys.stderr) as bar:
@@ -340,24 +367,26 @@ def send_and_collect(
             try:
                 pending.append((line.number, app.send_task(task_name, args=[line.payload])))
             except Exception as error:
-                reason = explain_broker(error, _settings())
+                reason = connection_lost(error)
                 if reason is None:
                     raise
                 report.notes.append(
-                    f"the broker was lost at line {line.number}: that line and the ones "
-                    f"after it were not sent ({reason.splitlines()[0]})"
+                    f"the broker was lost at line {line.number} ({reason}): that line and "
+                    "the ones after it were not sent"
                 )
                 report.outcomes[line.number] = Outcome(line.number, "not_sent")
     report.sent = len(pending)
-    if wait and pending:
+    if wait and pending and not report.notes:
         _collect(app, pending, report, queue=queue, timeout=timeout, progress=progress)
+    elif wait:
+        for number, result in pending:
+            report.outcomes[number] = Outcome(number, "unknown", {"task_id": result.id})
+    if report.notes:
+        # The backend is gone: a result must not try to unsubscribe from it when it is
+        # garbage-collected (Celery would print a traceback for each one).
+        for _number, result in pending:
+            result.backend = None
     return report
-
-
-def _settings() -> Any:
-    from worker.config import settings
-
-    return settings()
 
 
 def _collect(
@@ -384,7 +413,7 @@ def _collect(
                     break
                 except Exception as error:
                     if not _is_timeout(error):
-                        reason = explain_broker(error, _settings())
+                        reason = connection_lost(error)
                         if reason is None:
                             raise
                         _give_up(
@@ -392,9 +421,9 @@ def _collect(
                             report,
                             "unknown",
                             f"the result backend was lost after {received} of {len(pending)} "
-                            f"result(s) ({reason.splitlines()[0]}); the lines marked unknown "
-                            "may or may not have run: send them again (a repeated "
-                            "idempotency key or name records nothing twice)",
+                            f"result(s) ({reason}); the lines marked unknown may or may not "
+                            "have run: send them again (a repeated idempotency key or name "
+                            "records nothing twice)",
                         )
                         return
                 if time.monotonic() >= deadline:

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from worker.cli._common import (
+    SECONDS,
     Outcome,
     describe,
     exit_status,
@@ -46,7 +47,7 @@ def _load(task_name: str, file: str, wait: bool, timeout: float, as_json: bool) 
         if outcome.result.get("errors")
     ]
     summary["problems"] = problems
-    resend = lines_to_resend(report, ("timeout", "queued", "unknown", "not_sent", "failed"))
+    resend = lines_to_resend(report, ("timeout", "unknown", "not_sent", "failed"))
     summary["notes"] = report.notes + (
         [f"lines without an outcome (send them again): {resend}"] if resend else []
     )
@@ -80,7 +81,7 @@ _timeout = click.option(
     "--timeout",
     default=600.0,
     show_default=True,
-    type=click.FloatRange(min=0, min_open=True),
+    type=SECONDS,
     help="With --wait: seconds to wait for all outcomes.",
 )
 _json = click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")

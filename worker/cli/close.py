@@ -10,7 +10,10 @@ import click
 from sqlalchemy import func, select
 
 from models import ClosedPeriod, Customer
+from models.validation import check_not_future
+from tasks.base import utcnow
 from tasks.closing import close_due, parse_as_of
+from worker.cli._common import LIMIT, iso_utc
 from worker.config import settings
 from worker.db import unit_of_work
 
@@ -29,17 +32,26 @@ def close_command(as_of: str | None, as_json: bool) -> None:
     period (every missed one, in order) and invoice generation is queued. Safe to run
     while workers run: nothing is ever closed twice.
     """
+    clock = utcnow()
     try:
-        now = parse_as_of(as_of)
+        now = parse_as_of(as_of) if as_of is not None else clock
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--as-of") from None
+    future = check_not_future(
+        now, now=clock, skew_seconds=settings().clock_skew_seconds, field="--as-of"
+    )
+    if future is not None:
+        raise click.BadParameter(
+            f"{future.message}; periods that have not ended cannot be closed, nothing was closed",
+            param_hint="--as-of",
+        )
     with unit_of_work() as session:
         summary = close_due(session, now=now, batch_size=settings().close_batch_size)
     if as_json:
-        click.echo(json.dumps({"as_of": now.isoformat(), **summary.as_dict()}))
+        click.echo(json.dumps({"as_of": iso_utc(now), **summary.as_dict()}))
         return
     click.echo(
-        f"closed {summary.closed} period(s) ended by {now.isoformat()} "
+        f"closed {summary.closed} period(s) ended by {iso_utc(now)} "
         f"in {summary.batches} batch(es); {summary.invoice_messages} invoice message(s) queued"
     )
     if summary.already_closed:
@@ -61,9 +73,7 @@ def periods() -> None:
 
 @periods.command("list")
 @click.option("--customer", "customer_name", help="Only this customer (name, any case).")
-@click.option(
-    "--limit", default=100, show_default=True, type=click.IntRange(min=1), help="At most this many."
-)
+@click.option("--limit", default=100, show_default=True, type=LIMIT, help="At most this many.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one array).")
 def list_command(customer_name: str | None, limit: int, as_json: bool) -> None:
     """List closed periods, the most recent first."""
@@ -115,7 +125,7 @@ def _as_json(period: ClosedPeriod, customer: str) -> dict[str, Any]:
 
 
 def _iso(instant: dt.datetime | None) -> str | None:
-    return None if instant is None else instant.astimezone(dt.UTC).isoformat()
+    return None if instant is None else iso_utc(instant)
 
 
 COMMANDS = [close_command, periods]

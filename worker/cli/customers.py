@@ -27,6 +27,7 @@ from models.catalog import BusinessModel, CustomerClass, Reseller
 from models.customer import Customer
 from models.money import MoneyError, quantum
 from worker.cli._common import (
+    SECONDS,
     Outcome,
     count_lines,
     describe,
@@ -67,7 +68,7 @@ def customers() -> None:
 @click.option("--wait", is_flag=True, help="Wait for every result and print a summary.")
 @click.option(
     "--timeout",
-    type=float,
+    type=SECONDS,
     default=600.0,
     show_default=True,
     help="With --wait: seconds to wait for all results.",
@@ -132,7 +133,7 @@ def enqueue_command(
             if kind in _ALWAYS_SHOWN or counts.get(kind)
         )
     )
-    resend = lines_to_resend(report, ("timeout", "queued", "unknown", "not_sent"))
+    resend = lines_to_resend(report, ("timeout", "unknown", "not_sent"))
     if resend:
         click.echo(f"lines without an outcome (send them again): {resend}", err=True)
     if results is not None:

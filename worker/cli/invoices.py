@@ -10,6 +10,7 @@ from typing import Any
 import click
 from sqlalchemy import func, select
 
+from worker.cli._common import LIMIT, ROW_ID, SECONDS, open_output, prepare_producer
 from worker.db import unit_of_work
 
 
@@ -58,7 +59,9 @@ def invoices() -> None:
 @invoices.command("list")
 @click.option("--customer", help="Only this customer's invoices (name, any case).")
 @click.option("--reseller", help="Only this reseller's invoices.")
-@click.option("--limit", default=100, show_default=True, help="At most this many, newest first.")
+@click.option(
+    "--limit", default=100, show_default=True, type=LIMIT, help="At most this many, newest first."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_invoices(customer: str | None, reseller: str | None, limit: int, as_json: bool) -> None:
     """List issued invoices, newest first."""
@@ -88,7 +91,7 @@ def list_invoices(customer: str | None, reseller: str | None, limit: int, as_jso
 
 
 @invoices.command("show")
-@click.argument("number", type=int)
+@click.argument("number", type=ROW_ID)
 @click.option("--reseller", help="The reseller whose NUMBER it is (needed if several have it).")
 @click.option(
     "--html",
@@ -103,6 +106,7 @@ def show_invoice(number: int, reseller: str | None, html_path: Path | None, as_j
     from models.invoicing_rules import format_rate
     from models.money import round_money
 
+    html_file = open_output(html_path)
     query = _query().where(Invoice.number == number)
     if reseller:
         query = query.where(Reseller.name == reseller)
@@ -130,8 +134,9 @@ def show_invoice(number: int, reseller: str | None, html_path: Path | None, as_j
             )
         ]
         document = invoice.document_html
-    if html_path is not None:
-        html_path.write_text(document or "", encoding="utf-8")
+    if html_file is not None:
+        with html_file:
+            html_file.write(document or "")
     if as_json:
         click.echo(json.dumps(item, indent=2))
         return
@@ -148,13 +153,14 @@ def show_invoice(number: int, reseller: str | None, html_path: Path | None, as_j
 
 
 @invoices.command("generate")
-@click.argument("closed_period_ids", nargs=-1, type=int, required=True)
+@click.argument("closed_period_ids", nargs=-1, type=ROW_ID, required=True)
 @click.option("--wait", is_flag=True, help="Wait for the worker's summary and print it.")
-@click.option("--timeout", default=300.0, show_default=True)
+@click.option("--timeout", default=300.0, show_default=True, type=SECONDS)
 def generate(closed_period_ids: tuple[int, ...], wait: bool, timeout: float) -> None:
     """Queue invoice generation for CLOSED_PERIOD_IDS (safe to repeat: nothing is doubled)."""
     from tasks.invoicing import generate_invoices_task
 
+    prepare_producer(generate_invoices_task.app, wait=wait)
     result = generate_invoices_task.apply_async(args=[list(closed_period_ids)])
     if not wait:
         click.echo(f"queued {result.id}")
