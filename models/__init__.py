@@ -7,15 +7,17 @@ from models.base import Base
 from models.billing import Charge, Invoice, InvoiceLine, LedgerEntry, Notification, Payment
 from models.catalog import BusinessModel, CustomerClass, Reseller
 from models.closed_period import ClosedPeriod
-from models.customer import BalanceControl, Customer, CustomerStatus
+from models.customer import BalanceControl, BlockReason, Customer, CustomerBlock, CustomerStatus
 
 __all__ = [
     "BalanceControl",
     "Base",
+    "BlockReason",
     "BusinessModel",
     "Charge",
     "ClosedPeriod",
     "Customer",
+    "CustomerBlock",
     "CustomerClass",
     "CustomerStatus",
     "Invoice",

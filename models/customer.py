@@ -15,6 +15,8 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     String,
+    Text,
+    UniqueConstraint,
     false,
     func,
     text,
@@ -33,6 +35,16 @@ class BalanceControl(StrEnum):
     POSTPAID = "postpaid"
 
 
+class BlockReason(StrEnum):
+    """Why a customer may not use services. Reasons are independent: a customer is blocked
+    while at least one is recorded (`customer_blocks`), and each is lifted on its own."""
+
+    CREDIT_LIMIT = "credit_limit"  # postpaid balance owed at or over the credit limit
+    NO_FUNDS = "no_funds"  # prepaid funds at zero
+    OPERATOR = "operator"  # suspended by an operator
+    OVERDUE = "overdue"  # suspended by collections for an overdue invoice
+
+
 class CustomerStatus(StrEnum):
     """Lifecycle. Only active customers are billed; `blocked` is separate (see Customer)."""
 
@@ -46,8 +58,9 @@ class Customer(Base):
 
     `balance` follows the panel's convention: for prepaid customers it is the available
     funds (positive, charges lower it); for postpaid customers it is what the customer owes
-    (charges raise it). `blocked` means the customer may no longer use services (postpaid
-    balance at the credit limit, prepaid funds at zero); a blocked customer is still billed.
+    (charges raise it). `blocked` means the customer may no longer use services; it is kept
+    equal to "some `CustomerBlock` row exists" by `tasks.blocks` (the hot paths read the flag,
+    the rows say why). A blocked customer is still billed.
 
     The current open period `[current_period_start, current_period_end)` is stored as UTC
     instants; the closer selects on `current_period_end <= now` through a partial index.
@@ -105,3 +118,23 @@ class Customer(Base):
 # Names are unique case-insensitively; the index, not a check before insert, enforces it,
 # so two workers racing on the same name produce exactly one customer.
 Index("uq_customers_name_lower", func.lower(Customer.name), unique=True)
+
+
+class CustomerBlock(Base):
+    """One reason a customer is blocked, since when. At most one row per (customer, reason);
+    the row is deleted when that reason is lifted. Written only through `tasks.blocks`."""
+
+    __tablename__ = "customer_blocks"
+    __table_args__ = (
+        UniqueConstraint("customer_id", "reason"),
+        CheckConstraint(
+            "reason IN (" + ", ".join(f"'{r.value}'" for r in BlockReason) + ")",
+            name="reason_known",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"))
+    reason: Mapped[str] = mapped_column(String(16))
+    since: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    note: Mapped[str] = mapped_column(Text, default="", server_default="")

@@ -14,9 +14,12 @@ Balances (the panel's convention, see `models.customer.Customer`):
   never go below zero); a charge that brings them to exactly zero is accepted and blocks;
   a top-up that leaves funds above zero unblocks.
 
-`blocked` is derived from the balance and the limit by these rules at every balance
-change; a charge is judged on the balance and the limit themselves, so a raised credit
-limit takes effect at the next charge.
+The balance block (`credit_limit` for postpaid, `no_funds` for prepaid) is derived from the
+balance and the limit by these rules at every balance change; a charge is judged on the
+balance and the limit themselves, so a raised credit limit takes effect at the next charge.
+It is one reason among others (`models.customer.BlockReason`): lifting it leaves a customer
+suspended for another reason (operator, overdue) blocked. A charge is judged by the balance
+rules only, whatever other reason blocks the customer: it bills a service already used.
 
 Invoices: each line is a charge amount in the currency's minor units; the subtotal is
 their sum; tax is computed once, on the subtotal (not per line), rounded half-up to the
@@ -34,6 +37,7 @@ from functools import lru_cache
 from babel.dates import format_date
 from babel.numbers import format_currency, format_percent
 
+from models.customer import BlockReason
 from models.money import money_text, round_money
 
 PREPAID = "prepaid"
@@ -63,6 +67,11 @@ def is_blocked(balance_control: str, balance: Decimal, credit_limit: Decimal | N
     if balance_control == PREPAID:
         return balance <= 0
     return credit_limit is not None and balance >= credit_limit
+
+
+def balance_block_reason(balance_control: str) -> BlockReason:
+    """The block reason the balance rules decide for this kind of customer."""
+    return BlockReason.NO_FUNDS if balance_control == PREPAID else BlockReason.CREDIT_LIMIT
 
 
 def apply_charge(

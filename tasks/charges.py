@@ -3,7 +3,8 @@
 A charge (or a payment) is judged and applied while holding the customer's row lock
 (`SELECT … FOR UPDATE`; SQLite serialises whole transactions instead), so concurrent
 charges for one customer queue behind each other and no update is lost. The balance
-rules (credit limit, available funds, blocking) are in `models.invoicing_rules`.
+rules (credit limit, available funds, blocking) are in `models.invoicing_rules`; the block
+they decide goes through `tasks.blocks` as reason `credit_limit` or `no_funds`.
 
 Idempotency: one charge (payment) per (customer, idempotency key), enforced by a unique
 constraint. A replayed key returns the original outcome and writes nothing; a key reused
@@ -32,12 +33,14 @@ from models.invoicing_rules import (
     Refusal,
     apply_charge,
     apply_payment,
+    balance_block_reason,
     is_blocked,
 )
 from models.money import money_text, round_money
 from models.movements import Movement, MovementKind, parse_movement
 from models.validation import DEFAULT_CLOCK_SKEW_SECONDS, Problem, iso_utc
 from tasks.base import BillingTask, utcnow
+from tasks.blocks import set_blocked
 from worker.celery_app import app
 from worker.config import settings
 from worker.db import dialect_insert, unit_of_work
@@ -96,10 +99,10 @@ def _apply(
     payment_id: int | None = None,
 ) -> None:
     session.execute(
-        update(Customer)
-        .where(Customer.id == customer.id)
-        .values(balance=change.balance_after, blocked=change.blocked_after)
+        update(Customer).where(Customer.id == customer.id).values(balance=change.balance_after)
     )
+    reason = balance_block_reason(customer.balance_control)
+    set_blocked(session, customer, reason, change.blocked_after, at=now)
     session.add(
         LedgerEntry(
             customer_id=customer.id,
@@ -253,9 +256,11 @@ def _record(
     if row_id is None:  # cannot happen under the row lock; the constraint has the last word
         raise RuntimeError(f"{kind} key {data.idempotency_key!r} inserted concurrently")
     _apply(session, customer, decision, entry_type=kind, now=now, **{f"{kind}_id": row_id})
+    # `blocked` is the customer's state after the change: a payment that clears the credit
+    # limit leaves a customer suspended for another reason (overdue, operator) blocked.
     return _outcome(kind, row_id, customer, amount, None) | {
         "balance": str(round_money(decision.balance_after, customer.currency)),
-        "blocked": decision.blocked_after,
+        "blocked": customer.blocked,
     }
 
 

@@ -40,7 +40,7 @@ from models.base import table_of
 from models.billing import LedgerEntry
 from models.catalog import BusinessModel, CustomerClass, Reseller
 from models.custom_fields import CustomField
-from models.customer import BalanceControl, Customer
+from models.customer import BalanceControl, BlockReason, Customer
 from models.intake import (
     Accepted,
     CatalogRefs,
@@ -53,6 +53,7 @@ from models.intake import (
 from models.periods import Period, PeriodError, first_period
 from models.validation import Problem, iso_utc
 from tasks.base import BillingTask, utcnow
+from tasks.blocks import block
 from worker.celery_app import app
 from worker.db import dialect_insert, unit_of_work
 
@@ -164,7 +165,6 @@ def _store(
         "currency": intake.currency,
         "credit_limit": None if prepaid else intake.credit_limit,
         "balance": funds if prepaid else Decimal(0),
-        "blocked": prepaid and funds == 0,
         "custom_data": intake.custom_data,
         "created_at": created_at,
         "created_local_date": created_local_date,
@@ -188,6 +188,8 @@ def _store(
             return conflict
     else:
         raise RuntimeError(f"customer {intake.name!r} neither inserted nor found conflicting")
+    if prepaid and funds == 0:
+        block(session, customer_id, BlockReason.NO_FUNDS, at=created_at)
     if prepaid:
         session.execute(
             dialect_insert(session)(table_of(LedgerEntry)).values(

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.orm import Session
 
-from models import ClosedPeriod, Customer, LedgerEntry
+from models import BlockReason, ClosedPeriod, Customer, LedgerEntry
 from tests.factories import get_or_create_catalog
 
 _names = itertools.count(1)
@@ -56,7 +56,6 @@ def billing_customer(
         currency=currency,
         credit_limit=credit_limit if balance_control == "postpaid" else None,
         balance=funds,
-        blocked=balance_control == "prepaid" and funds <= 0,
         created_at=local_midnight(created, billing_timezone),
         created_local_date=created,
         current_period_start=local_midnight(created, billing_timezone),
@@ -64,6 +63,12 @@ def billing_customer(
     )
     session.add(customer)
     session.flush()
+    if balance_control == "prepaid" and funds <= 0:
+        # Imported here: tests/unit/conftest.py imports this module before the test
+        # settings exist, and importing `worker` reads them.
+        from tasks.blocks import block
+
+        block(session, customer, BlockReason.NO_FUNDS, at=customer.created_at)
     if funds:
         session.add(
             LedgerEntry(

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from models import BusinessModel, Customer, CustomerClass, LedgerEntry, Reseller
+from models import BlockReason, BusinessModel, Customer, CustomerClass, LedgerEntry, Reseller
 from models.catalog_file import parse_catalog
 from models.periods import first_period
+from tasks.blocks import block_reasons
 from tasks.catalog import load_catalog
 from tasks.intake import create_customer
 from tests.factories import DROP, intake_payload
@@ -106,6 +107,7 @@ def test_a_prepaid_customer_without_funds_starts_blocked(session) -> None:
 
     customer = session.get(Customer, result["customer_id"])
     assert (customer.balance, customer.blocked) == (Decimal(0), True)
+    assert block_reasons(session, customer.id) == {BlockReason.NO_FUNDS: NOW}
 
 
 def test_a_postpaid_customer_without_credit_limit_has_no_limit(session) -> None:

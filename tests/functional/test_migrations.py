@@ -1,0 +1,183 @@
+"""Schema revisions upgrade a populated database, on PostgreSQL and on the embedded SQLite."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from models.base import ExactDecimal, UTCDateTime
+from tests.support import create_database, drop_database
+from worker.db import make_engine
+from worker.migrate import upgrade
+
+pytestmark = pytest.mark.functional
+
+CREATED = dt.datetime(2026, 3, 1, 9, 0, tzinfo=dt.UTC)
+LAST_CHARGE = dt.datetime(2026, 3, 20, 17, 45, tzinfo=dt.UTC)
+
+# The tables as revision 0001 wrote them, so the rows below do not depend on today's models.
+RESELLERS = sa.table("resellers", sa.column("id"), sa.column("name"), sa.column("display_name"))
+MODELS = sa.table(
+    "business_models",
+    sa.column("id"),
+    sa.column("name"),
+    sa.column("service_type"),
+    sa.column("description"),
+)
+CLASSES = sa.table(
+    "customer_classes",
+    sa.column("id"),
+    sa.column("name"),
+    sa.column("invoice_template"),
+    sa.column("tax_name"),
+    sa.column("tax_rate", ExactDecimal(6)),
+    sa.column("notification_emails", sa.JSON()),
+    sa.column("custom_fields", sa.JSON()),
+)
+CUSTOMERS = sa.table(
+    "customers",
+    sa.column("id"),
+    sa.column("reseller_id"),
+    sa.column("name"),
+    sa.column("business_model_id"),
+    sa.column("customer_class_id"),
+    sa.column("billing_period"),
+    sa.column("billing_timezone"),
+    sa.column("balance_control"),
+    sa.column("currency"),
+    sa.column("credit_limit", ExactDecimal(4)),
+    sa.column("balance", ExactDecimal(4)),
+    sa.column("blocked", sa.Boolean()),
+    sa.column("custom_data", sa.JSON()),
+    sa.column("created_at", UTCDateTime()),
+    sa.column("created_local_date", sa.Date()),
+    sa.column("current_period_start", UTCDateTime()),
+    sa.column("current_period_end", UTCDateTime()),
+)
+LEDGER = sa.table(
+    "ledger_entries",
+    sa.column("customer_id"),
+    sa.column("entry_type"),
+    sa.column("amount", ExactDecimal(4)),
+    sa.column("balance_after", ExactDecimal(4)),
+    sa.column("created_at", UTCDateTime()),
+)
+BLOCKS = sa.table(
+    "customer_blocks",
+    sa.column("customer_id"),
+    sa.column("reason"),
+    sa.column("since", UTCDateTime()),
+)
+
+
+def _customer(customer_id: int, name: str, control: str, blocked: bool) -> dict[str, object]:
+    return {
+        "id": customer_id,
+        "reseller_id": 1,
+        "name": name,
+        "business_model_id": 1,
+        "customer_class_id": 1,
+        "billing_period": "monthly",
+        "billing_timezone": "UTC",
+        "balance_control": control,
+        "currency": "USD",
+        "credit_limit": Decimal("100.00") if control == "postpaid" else None,
+        "balance": Decimal("120.00") if control == "postpaid" else Decimal(0),
+        "blocked": blocked,
+        "custom_data": {},
+        "created_at": CREATED,
+        "created_local_date": CREATED.date(),
+        "current_period_start": CREATED,
+        "current_period_end": dt.datetime(2026, 4, 1, tzinfo=dt.UTC),
+    }
+
+
+def _populate_0001(engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(RESELLERS.insert(), {"id": 1, "name": "acme", "display_name": "Acme"})
+        conn.execute(
+            MODELS.insert(),
+            {"id": 1, "name": "PBX", "service_type": "voice", "description": ""},
+        )
+        conn.execute(
+            CLASSES.insert(),
+            {
+                "id": 1,
+                "name": "Business",
+                "invoice_template": "default.html",
+                "tax_name": "Tax",
+                "tax_rate": Decimal(0),
+                "notification_emails": [],
+                "custom_fields": [],
+            },
+        )
+        conn.execute(
+            CUSTOMERS.insert(),
+            [
+                _customer(1, "Over the limit", "postpaid", True),
+                _customer(2, "Out of funds", "prepaid", True),
+                _customer(3, "In good standing", "postpaid", False),
+            ],
+        )
+        conn.execute(
+            LEDGER.insert(),
+            [
+                {
+                    "customer_id": 1,
+                    "entry_type": "charge",
+                    "amount": amount,
+                    "balance_after": after,
+                    "created_at": at,
+                }
+                for amount, after, at in (
+                    (Decimal("60.00"), Decimal("60.00"), CREATED + dt.timedelta(days=1)),
+                    (Decimal("60.00"), Decimal("120.00"), LAST_CHARGE),
+                )
+            ],
+        )
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def database(request, tmp_path) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """The URL of an empty scratch database (PostgreSQL, or an embedded SQLite file)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/billing.sqlite3"
+        return
+    # The run's own test database serves as the admin connection for a scratch one.
+    admin = request.getfixturevalue("database_url")
+    url = make_url(admin)
+    name = f"{url.database}_migrations"
+    create_database(admin, name)
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        drop_database(admin, name)
+
+
+def test_the_block_reasons_revision_records_why_each_blocked_customer_is_blocked(
+    database,
+) -> None:
+    """Blocked postpaid customers get credit_limit, prepaid no_funds, since their last change."""
+    upgrade(database, "0001")
+    engine = make_engine(database)
+    try:
+        _populate_0001(engine)
+        upgrade(database, "0002_customer_blocks")
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(BLOCKS.c.customer_id, BLOCKS.c.reason, BLOCKS.c.since).order_by(
+                    BLOCKS.c.customer_id
+                )
+            ).all()
+        assert [tuple(r) for r in rows] == [
+            (1, "credit_limit", LAST_CHARGE),
+            (2, "no_funds", CREATED),
+        ]
+        upgrade(database)  # and every later revision on top of the populated schema
+    finally:
+        engine.dispose()
