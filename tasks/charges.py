@@ -12,8 +12,9 @@ with a different amount or instant is refused (`idempotency_conflict`). A refuse
 stores nothing, so its key may be sent again later (after a top-up, say).
 
 Refusals are results, never exceptions: `{"status": "refused", "errors": [{field, code,
-message}]}`. Codes: `invalid` / `required` / `unknown_field` (malformed payload),
-`unknown_currency`, `invalid_amount`, `unknown_customer`, `currency_mismatch`,
+message}]}`. The payload's own codes are those of `models/movements.py` (shared with intake:
+`required`, `unknown_field`, `invalid_type`, `invalid_decimal`, `too_many_decimals`,
+`not_positive`, `in_future`, …); then `unknown_customer`, `currency_mismatch`,
 `customer_inactive` (charges only), `credit_limit_reached`, `insufficient_funds`,
 `idempotency_conflict`.
 """

@@ -8,7 +8,8 @@ a summary: created, duplicate (a repeated idempotency key: the original customer
 with reasons per line, failed.
 
 Exit status: 0 when every line was enqueued (and, with `--wait`, created or a duplicate);
-1 when any line was malformed, rejected, failed or timed out.
+1 when any line was malformed, rejected, failed, timed out, is still queued for want of a
+worker, or has no known outcome because the broker or result backend was lost.
 """
 
 from __future__ import annotations
