@@ -195,7 +195,7 @@ def run_close(as_of: str, batch: int) -> None:
     print(
         json.dumps(
             {
-                **summary.as_dict(),
+                **summary.as_json(),
                 "seconds": elapsed,
                 "peak_rss_mib": peak_kib / 1024,
                 "rss_before_close_mib": baseline_rss / 2**20,

@@ -4,10 +4,21 @@ Importing the package registers every table on `Base.metadata`.
 """
 
 from models.base import Base
-from models.billing import Charge, Invoice, InvoiceLine, LedgerEntry, Notification, Payment
+from models.billing import (
+    Charge,
+    Invoice,
+    InvoiceLine,
+    InvoiceStatus,
+    LedgerEntry,
+    LedgerEntryType,
+    Notification,
+    NotificationStatus,
+    Payment,
+)
 from models.catalog import BusinessModel, CustomerClass, Reseller
 from models.closed_period import ClosedPeriod
 from models.customer import BalanceControl, BlockReason, Customer, CustomerBlock, CustomerStatus
+from models.dead_letter import DeadLetter
 
 __all__ = [
     "BalanceControl",
@@ -20,10 +31,14 @@ __all__ = [
     "CustomerBlock",
     "CustomerClass",
     "CustomerStatus",
+    "DeadLetter",
     "Invoice",
     "InvoiceLine",
+    "InvoiceStatus",
     "LedgerEntry",
+    "LedgerEntryType",
     "Notification",
+    "NotificationStatus",
     "Payment",
     "Reseller",
 ]

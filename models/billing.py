@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
+from enum import StrEnum
 
 from sqlalchemy import (
     CheckConstraint,
@@ -21,8 +22,37 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, BigIntKey, Money, Rate, UTCDateTime
 
+
+def _one_of(column: str, values: type[StrEnum]) -> str:
+    """The CheckConstraint text that keeps `column` within an enum's values."""
+    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
+
+
+class LedgerEntryType(StrEnum):
+    """Why a customer's balance moved."""
+
+    OPENING = "opening"  # initial prepaid funds
+    CHARGE = "charge"
+    PAYMENT = "payment"
+
+
+class InvoiceStatus(StrEnum):
+    """Where an invoice is in its generation (payment states extend this list)."""
+
+    GENERATING = "generating"  # claimed by a generator, not yet numbered
+    ISSUED = "issued"  # numbered, rendered and final
+
+
+class NotificationStatus(StrEnum):
+    """Where an outbox e-mail is."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"  # gave up after the mailer's attempts; an operator looks at it
+
+
 # Partial-index condition (PostgreSQL and SQLite both support it).
-_PENDING = text("status = 'pending'")
+_PENDING = text(f"status = '{NotificationStatus.PENDING.value}'")
 
 
 class Charge(Base):
@@ -79,7 +109,7 @@ class LedgerEntry(Base):
 
     __tablename__ = "ledger_entries"
     __table_args__ = (
-        CheckConstraint("entry_type IN ('opening', 'charge', 'payment')", name="entry_type_known"),
+        CheckConstraint(_one_of("entry_type", LedgerEntryType), name="entry_type_known"),
         Index("ix_ledger_entries_customer", "customer_id", "id"),
     )
 
@@ -103,8 +133,11 @@ class Invoice(Base):
     __tablename__ = "invoices"
     __table_args__ = (
         UniqueConstraint("reseller_id", "number"),
-        CheckConstraint("status IN ('generating', 'issued')", name="status_known"),
-        CheckConstraint("status = 'generating' OR number IS NOT NULL", name="issued_numbered"),
+        CheckConstraint(_one_of("status", InvoiceStatus), name="status_known"),
+        CheckConstraint(
+            f"status = '{InvoiceStatus.GENERATING.value}' OR number IS NOT NULL",
+            name="issued_numbered",
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
@@ -112,7 +145,7 @@ class Invoice(Base):
     customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
     reseller_id: Mapped[int] = mapped_column(ForeignKey("resellers.id"))
     number: Mapped[int | None] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16), default="generating")
+    status: Mapped[str] = mapped_column(String(16), default=InvoiceStatus.GENERATING.value)
     currency: Mapped[str] = mapped_column(String(3))
     subtotal: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0), server_default="0")
     tax_name: Mapped[str] = mapped_column(String(50), default="Tax")
@@ -149,7 +182,7 @@ class Notification(Base):
     __tablename__ = "notifications"
     __table_args__ = (
         UniqueConstraint("invoice_id", "recipient"),
-        CheckConstraint("status IN ('pending', 'sent', 'failed')", name="status_known"),
+        CheckConstraint(_one_of("status", NotificationStatus), name="status_known"),
         Index(
             "ix_notifications_pending",
             "created_at",
@@ -163,7 +196,7 @@ class Notification(Base):
     recipient: Mapped[str] = mapped_column(String(320))
     subject: Mapped[str] = mapped_column(String(300))
     body_text: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[str] = mapped_column(String(16), default=NotificationStatus.PENDING.value)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Boolean, Date, ForeignKey, Index, String, UniqueConstraint, false, text
+from sqlalchemy import (
+    Boolean,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, BigIntKey, UTCDateTime
@@ -22,8 +33,13 @@ class ClosedPeriod(Base):
     `start_date`/`end_date` are the local dates of the boundaries (`end_date` exclusive), so
     the invoice covers `start_date .. end_date - 1 day`.
 
-    `invoice_enqueued_at` is when invoice generation was last queued for it and `invoiced`
+    `invoice_enqueued_at` is when invoice generation was last queued for it (null: the
+    close committed but could not send the message, the broker being down) and `invoiced`
     whether its invoice exists; the reconcile step re-queues rows that stay uninvoiced.
+    `invoice_attempts` counts the generations that failed on this period (the last error
+    in `invoice_error`); each failure pushes its next re-queue further away, and after
+    `MAX_INVOICE_ATTEMPTS` reconcile leaves it to an operator (`billing periods list
+    --failed`).
     """
 
     __tablename__ = "closed_periods"
@@ -48,3 +64,9 @@ class ClosedPeriod(Base):
     closed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     invoice_enqueued_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     invoiced: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    invoice_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    invoice_error: Mapped[str | None] = mapped_column(Text)
+
+
+# Failed generations of one period after which reconcile stops re-queuing it.
+MAX_INVOICE_ATTEMPTS = 5

@@ -31,7 +31,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
-from worker.db import after_commit
+from worker.config import settings
+from worker.db import after_commit, database_now
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,22 @@ def is_transient(exc: BaseException) -> bool:
         code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
         return code in {"40001", "40P01"}
     return False
+
+
+class WorkFailed(Exception):
+    """Part of a task's work could not be done, for a reason a retry will not change: raised
+    after the good part committed, so the task ends FAILURE (Flower, `/metrics`, alerts)
+    while its JSON summary (`summary`, with `status` and `errors`) says what was done."""
+
+    def __init__(self, summary: dict[str, Any]) -> None:
+        super().__init__(summary)
+        self.summary = summary
+
+    def __str__(self) -> str:
+        errors = self.summary.get("errors") or []
+        shown = "; ".join(str(e.get("message")) for e in errors[:3])
+        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        return f"{len(errors)} item(s) failed: {shown}{more}"
 
 
 class BillingTask(Task):  # type: ignore[misc]
@@ -88,9 +105,36 @@ class BillingTask(Task):  # type: ignore[misc]
         )
 
 
+def one_line(exc: BaseException) -> str:
+    """An error as one line for a person: its type and first non-blank line, and its
+    cause's (a library's wrapper often hides what was really down)."""
+    parts = []
+    for error in (exc, exc.__cause__):
+        if error is not None:
+            text = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+            parts.append(f"{type(error).__name__}: {text}" if text else type(error).__name__)
+    return "; ".join(parts)
+
+
 def utcnow() -> dt.datetime:
     """The current instant. Only task adapters read the clock; services are given `now`."""
     return dt.datetime.now(dt.UTC)
+
+
+def database_clock(session: Session) -> dt.datetime:
+    """The current instant by the database's clock: the one clock that decides what has
+    ended, so a worker whose own clock runs fast never closes a period early. A worker
+    clock more than BILLING_CLOCK_SKEW seconds off is logged, for the operator to fix."""
+    now = database_now(session)
+    drift = (utcnow() - now).total_seconds()
+    if abs(drift) > settings().clock_skew_seconds:
+        logger.warning(
+            "this worker's clock is %+.0f s off the database's (BILLING_CLOCK_SKEW is %s s); "
+            "closing goes by the database's clock: fix the machine's time (NTP)",
+            drift,
+            settings().clock_skew_seconds,
+        )
+    return now
 
 
 def send_after_commit(session: Session, signature: Signature) -> None:
@@ -175,6 +219,11 @@ class BackgroundSender:
         if signatures:
             parent = Parent.of_current_task(signatures[0].app)
             after_commit(session, partial(self._handed_over.put, (list(signatures), parent)))
+
+    @property
+    def error(self) -> BaseException | None:
+        """What sending raised, if it failed."""
+        return self._error
 
     def wait(self) -> None:
         """Return once every message handed over is sent; raise if sending one failed."""

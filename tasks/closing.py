@@ -26,18 +26,21 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, func, select, text, update
+from sqlalchemy import ColumnElement, Select, func, or_, select, text, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from models import ClosedPeriod, Customer, CustomerStatus
+from models.closed_period import MAX_INVOICE_ATTEMPTS
 from models.closing_rules import Advance, GroupedPeriods
-from models.validation import parse_instant
-from tasks.base import BackgroundSender, BillingTask
+from models.validation import Problem, parse_instant
+from tasks.base import BackgroundSender, BillingTask, WorkFailed, database_clock, one_line
+from worker.broker_queues import queued_closed_period_ids
 from worker.celery_app import app
 from worker.config import settings
 from worker.db import unit_of_work
@@ -51,7 +54,23 @@ INVOICING_QUEUE = "invoicing"
 GroupCounts = Counter[tuple[str, str, dt.date]]
 
 
+class CloseStatus(StrEnum):
+    DONE = "done"
+    SOME_FAILED = "some_failed"  # some customers could not be closed (see `errors`)
+    NOT_SENT = "not_sent"  # closed, but the broker refused the invoice messages
+
+
 @dataclass
+class _Tally:
+    closed: int = 0
+    already_closed: int = 0
+    advanced: int = 0
+    batches: int = 0
+    invoice_messages: int = 0
+    by_boundary: GroupCounts = field(default_factory=Counter)
+
+
+@dataclass(frozen=True)
 class CloseSummary:
     closed: int = 0  # closed-period rows this run created
     already_closed: int = 0  # claimed periods another run had recorded (conflict = done)
@@ -59,29 +78,58 @@ class CloseSummary:
     batches: int = 0
     invoice_messages: int = 0
     period_computations: int = 0  # distinct groups the period engine was asked about
-    unclosable: int = 0  # customers whose stored period the engine refuses (logged, skipped)
+    unclosable: tuple[Problem, ...] = ()  # customers the engine refuses (logged, skipped)
+    # Periods closed whose invoice messages the broker did not take (reconcile sends them).
+    unsent: int = 0
+    send_error: str | None = None
     by_boundary: GroupCounts = field(default_factory=Counter)
 
-    def as_dict(self) -> dict[str, int]:
-        """The JSON-safe totals a task returns."""
+    @property
+    def status(self) -> CloseStatus:
+        if self.unsent or self.send_error:
+            return CloseStatus.NOT_SENT
+        return CloseStatus.SOME_FAILED if self.unclosable else CloseStatus.DONE
+
+    def as_json(self) -> dict[str, Any]:
+        """The JSON-safe summary a task returns."""
+        errors = [p.as_dict() for p in self.unclosable]
+        if self.send_error:
+            errors.append(
+                Problem(
+                    None,
+                    "broker_unavailable",
+                    f"{self.unsent} closed period(s) have no invoice message yet: "
+                    f"{self.send_error}; reconcile queues them at its next run",
+                ).as_dict()
+            )
         return {
+            "status": self.status.value,
+            "errors": errors,
             "closed": self.closed,
             "already_closed": self.already_closed,
             "advanced": self.advanced,
             "batches": self.batches,
             "invoice_messages": self.invoice_messages,
             "period_computations": self.period_computations,
-            "unclosable": self.unclosable,
+            "unclosable": len(self.unclosable),
+            "unsent": self.unsent,
         }
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReconcileSummary:
     requeued: int = 0  # closed periods whose invoice generation was queued again
     invoice_messages: int = 0
+    still_queued: int = 0  # stale, but their message is still in the broker: not re-sent
 
-    def as_dict(self) -> dict[str, int]:
-        return {"requeued": self.requeued, "invoice_messages": self.invoice_messages}
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "status": "done",
+            "errors": [],
+            "requeued": self.requeued,
+            "invoice_messages": self.invoice_messages,
+            "still_queued": self.still_queued,
+        }
 
 
 def close_due(
@@ -96,44 +144,101 @@ def close_due(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     invoice_batch = invoice_batch_size or settings().invoice_batch_size
-    write = _write_postgresql if session.get_bind().dialect.name == "postgresql" else _write_sqlite
     groups = GroupedPeriods()
-    summary = CloseSummary()
+    tally = _Tally()
     # A customer whose stored period the engine refuses (data no intake would write) is
     # logged and left alone for the rest of the run, so it cannot stop everyone else's close.
-    unclosable: set[int] = set()
-    with BackgroundSender() as sender:
-        while True:
-            claimed = session.execute(_claim_due(session, now, batch_size, unclosable)).all()
-            if not claimed:
-                break
-            steps = []
-            for rule, tz, created, start, end, joined_ids in claimed:
-                ids = _id_list(joined_ids)
-                try:
-                    steps.append(
-                        (ids, rule, tz, start, end, groups.advance(rule, created, tz, start, end))
-                    )
-                except ValueError as exc:
-                    for customer_id in ids:
-                        logger.error("customer %s cannot be closed: %s", customer_id, exc)
-                    unclosable.update(ids)
-            closed = write(session, steps, groups, now) if steps else {}
-            closed_ids = sorted(i for ids in closed.values() for i in ids)
-            advanced = sum(len(step[0]) for step in steps)
-            summary.batches += 1
-            summary.advanced += advanced
-            summary.closed += len(closed_ids)
-            summary.already_closed += advanced - len(closed_ids)
-            summary.by_boundary.update({key: len(ids) for key, ids in closed.items()})
-            summary.invoice_messages += _queue_invoices(session, sender, closed_ids, invoice_batch)
-            # The previous batch's messages went out while this batch was being written.
+    unclosable: dict[int, str] = {}
+    # Closed periods committed whose messages are not yet known to be sent.
+    unconfirmed: list[int] = []
+    committed = _Tally()  # the tally as of the last commit
+    sender = BackgroundSender()
+    try:
+        with sender:
+            while True:
+                claimed = session.execute(
+                    _claim_due(session, now, batch_size, set(unclosable))
+                ).all()
+                if not claimed:
+                    break
+                closed_ids = _close_batch(session, claimed, groups, now, unclosable, tally)
+                tally.invoice_messages += _queue_invoices(
+                    session, sender, closed_ids, invoice_batch
+                )
+                # The previous batch's messages went out while this batch was being written.
+                sender.wait()
+                session.commit()
+                unconfirmed = closed_ids
+                committed = replace(tally, by_boundary=Counter(tally.by_boundary))
+            session.commit()  # release the (empty) claim transaction
             sender.wait()
+            unconfirmed = []
+        send_error = None
+    except Exception as exc:
+        if exc is not sender.error:
+            raise
+        # The broker refused the messages: what this run committed stays closed, and the
+        # periods whose messages may be lost are marked never queued, for reconcile.
+        session.rollback()
+        tally = committed  # the batch in flight was rolled back
+        if unconfirmed:
+            session.execute(
+                update(ClosedPeriod)
+                .where(ClosedPeriod.id.in_(unconfirmed))
+                .values(invoice_enqueued_at=None)
+            )
             session.commit()
-        session.commit()  # release the (empty) claim transaction
-    summary.period_computations = groups.computations
-    summary.unclosable = len(unclosable)
-    return summary
+        send_error = one_line(exc)
+        logger.error(
+            "the broker refused invoice messages (%s): %s closed period(s) left for reconcile",
+            send_error,
+            len(unconfirmed),
+        )
+    return CloseSummary(
+        closed=tally.closed,
+        already_closed=tally.already_closed,
+        advanced=tally.advanced,
+        batches=tally.batches,
+        invoice_messages=tally.invoice_messages,
+        period_computations=groups.computations,
+        unclosable=tuple(
+            Problem("customer_ids", "unclosable", f"customer {cid} cannot be closed: {why}")
+            for cid, why in sorted(unclosable.items())
+        ),
+        unsent=len(unconfirmed) if send_error else 0,
+        send_error=send_error,
+        by_boundary=tally.by_boundary,
+    )
+
+
+def _close_batch(
+    session: Session,
+    claimed: Sequence[Any],
+    groups: GroupedPeriods,
+    now: dt.datetime,
+    unclosable: dict[int, str],
+    tally: _Tally,
+) -> list[int]:
+    """Close one claimed batch (not committed); the ids of the closed periods it created."""
+    write = _write_postgresql if session.get_bind().dialect.name == "postgresql" else _write_sqlite
+    steps = []
+    for rule, tz, created, start, end, joined_ids in claimed:
+        ids = _id_list(joined_ids)
+        try:
+            steps.append((ids, rule, tz, start, end, groups.advance(rule, created, tz, start, end)))
+        except ValueError as exc:
+            for customer_id in ids:
+                logger.error("customer %s cannot be closed: %s", customer_id, exc)
+                unclosable[customer_id] = str(exc)
+    closed = write(session, steps, groups, now) if steps else {}
+    closed_ids = sorted(i for ids in closed.values() for i in ids)
+    advanced = sum(len(step[0]) for step in steps)
+    tally.batches += 1
+    tally.advanced += advanced
+    tally.closed += len(closed_ids)
+    tally.already_closed += advanced - len(closed_ids)
+    tally.by_boundary.update({key: len(ids) for key, ids in closed.items()})
+    return closed_ids
 
 
 def _claim_due(
@@ -332,45 +437,54 @@ def reconcile(
     older_than: dt.timedelta,
     batch_size: int,
     invoice_batch_size: int | None = None,
+    still_queued: Collection[int] = frozenset(),
 ) -> ReconcileSummary:
-    """Queue invoice generation again for closed periods that still have no invoice.
+    """Queue invoice generation again for closed periods whose invoice message is lost.
 
-    A closed period queued more than `older_than` ago and still not invoiced (its message
-    was lost, or the worker generating it died, leaving its invoice in `generating`: a
-    period is marked invoiced only in the transaction that issues its invoice) is queued
-    again and its `invoice_enqueued_at` moved to `now`, so the next run leaves it alone for
-    another `older_than`. The close sets `invoice_enqueued_at` in the transaction that
-    closes the period, so it is never null; the range on it walks the partial index of
-    uninvoiced periods, oldest first, and costs what is stale, not what is stored.
+    A closed period still not invoiced `older_than` after it was queued (its message was
+    lost, or the worker generating it died, leaving its invoice in `generating`: a period
+    is marked invoiced only in the transaction that issues its invoice), or never queued at
+    all (the close could not send it: `invoice_enqueued_at` is null), is queued again,
+    unless its id is in `still_queued` (the ids carried by the invoice messages still in
+    the broker, waiting or being worked on): when invoicing is merely behind, nothing is
+    sent twice. Either way its `invoice_enqueued_at` moves to `now`, so the next run leaves
+    it alone for another `older_than`. A period whose generation failed
+    `MAX_INVOICE_ATTEMPTS` times is left to an operator. The query walks the partial index
+    of uninvoiced periods, oldest first, and costs what is stale, not what is stored.
     """
     _require_aware(now)
     invoice_batch = invoice_batch_size or settings().invoice_batch_size
     cutoff = now - older_than
-    summary = ReconcileSummary()
+    requeued = messages = skipped = 0
     with BackgroundSender() as sender:
         while True:
-            stale = (
+            ids = session.scalars(
                 select(ClosedPeriod.id)
-                .where(~ClosedPeriod.invoiced, ClosedPeriod.invoice_enqueued_at < cutoff)
+                .where(
+                    ~ClosedPeriod.invoiced,
+                    or_(
+                        ClosedPeriod.invoice_enqueued_at.is_(None),
+                        ClosedPeriod.invoice_enqueued_at < cutoff,
+                    ),
+                    ClosedPeriod.invoice_attempts < MAX_INVOICE_ATTEMPTS,
+                )
                 .order_by(ClosedPeriod.invoice_enqueued_at)
                 .limit(batch_size)
                 .with_for_update(skip_locked=True, key_share=True)  # see _claim_due
-                .scalar_subquery()
-            )
-            ids = session.scalars(
-                update(ClosedPeriod)
-                .where(ClosedPeriod.id.in_(stale))
-                .values(invoice_enqueued_at=now)
-                .returning(ClosedPeriod.id)
             ).all()
             if not ids:
                 break
-            summary.requeued += len(ids)
-            summary.invoice_messages += _queue_invoices(session, sender, sorted(ids), invoice_batch)
+            session.execute(
+                update(ClosedPeriod).where(ClosedPeriod.id.in_(ids)).values(invoice_enqueued_at=now)
+            )
+            lost = sorted(i for i in ids if i not in still_queued)
+            requeued += len(lost)
+            skipped += len(ids) - len(lost)
+            messages += _queue_invoices(session, sender, lost, invoice_batch)
             sender.wait()
             session.commit()
         session.commit()
-    return summary
+    return ReconcileSummary(requeued=requeued, invoice_messages=messages, still_queued=skipped)
 
 
 def _queue_invoices(
@@ -396,11 +510,8 @@ def _require_aware(now: dt.datetime) -> None:
         raise ValueError(f"now must be an aware instant, got {now!r}")
 
 
-def parse_as_of(value: str | None) -> dt.datetime:
-    """The instant to close or reconcile as of: ISO-8601 with an offset (or `Z`), in UTC;
-    the current instant if None."""
-    if value is None:
-        return dt.datetime.now(dt.UTC)
+def parse_as_of(value: str) -> dt.datetime:
+    """The instant to close or reconcile as of: ISO-8601 with an offset (or `Z`), in UTC."""
     instant = parse_instant(value)
     if instant is None:
         raise ValueError(
@@ -414,26 +525,34 @@ def parse_as_of(value: str | None) -> dt.datetime:
 
 
 @app.task(name="billing.periods.close_due", base=BillingTask, bind=True)
-def close_due_task(self: BillingTask, as_of: str | None = None) -> dict[str, int]:
-    """Close every period that has ended by `as_of` (default: now)."""
-    now = parse_as_of(as_of)
+def close_due_task(self: BillingTask, as_of: str | None = None) -> dict[str, Any]:
+    """Close every period that has ended by `as_of` (default: now, by the database's clock).
+
+    Customers that could not be closed, or invoice messages the broker refused, fail the
+    task (FAILURE in Flower) once everything else is committed."""
     with unit_of_work() as session:
+        now = database_clock(session) if as_of is None else parse_as_of(as_of)
         summary = close_due(session, now=now, batch_size=settings().close_batch_size)
-    return summary.as_dict()
+    if summary.status is not CloseStatus.DONE:
+        raise WorkFailed(summary.as_json())
+    return summary.as_json()
 
 
 @app.task(name="billing.periods.reconcile", base=BillingTask, bind=True)
 def reconcile_task(
     self: BillingTask, as_of: str | None = None, older_than: int | None = None
-) -> dict[str, int]:
-    """Re-queue invoice generation that has not happened `older_than` seconds after queuing."""
+) -> dict[str, Any]:
+    """Re-queue invoice generation that has not happened `older_than` seconds after queuing
+    and whose message is no longer in the broker."""
     conf = settings()
     seconds = conf.reconcile_after if older_than is None else older_than
+    queued = queued_closed_period_ids(conf, queue=INVOICING_QUEUE, task=GENERATE_INVOICES)
     with unit_of_work() as session:
         summary = reconcile(
             session,
-            now=parse_as_of(as_of),
+            now=database_clock(session) if as_of is None else parse_as_of(as_of),
             older_than=dt.timedelta(seconds=seconds),
             batch_size=conf.close_batch_size,
+            still_queued=queued or frozenset(),
         )
-    return summary.as_dict()
+    return summary.as_json()

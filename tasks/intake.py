@@ -37,7 +37,7 @@ from sqlalchemy import func, literal, null, or_, select
 from sqlalchemy.orm import Session
 
 from models.base import table_of
-from models.billing import LedgerEntry
+from models.billing import LedgerEntry, LedgerEntryType
 from models.catalog import BusinessModel, CustomerClass, Reseller
 from models.custom_fields import CustomField
 from models.customer import BalanceControl, BlockReason, Customer
@@ -194,7 +194,7 @@ def _store(
         session.execute(
             dialect_insert(session)(table_of(LedgerEntry)).values(
                 customer_id=customer_id,
-                entry_type="opening",
+                entry_type=LedgerEntryType.OPENING,
                 amount=funds,
                 balance_after=funds,
                 created_at=created_at,

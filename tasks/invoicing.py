@@ -24,9 +24,7 @@ so out-of-order generation (catch-up batches on several workers) never moves a c
 the wrong invoice.
 
 Notifications: each issued invoice writes one outbox row per address of the class's
-notification list (unique per invoice and recipient). When BILLING_SMTP_URL is set, the
-`billing.notifications.send` task mails them (at least once) and is queued after every
-batch that issued invoices; without it, the rows wait for whatever mailer reads the outbox.
+notification list (unique per invoice and recipient); `tasks/notifications.py` mails them.
 
 Tax is computed on the subtotal (see `models.invoicing_rules`). The issue date is the local
 date of `now` in the period's billing timezone; due date = issue date + the class's grace
@@ -36,15 +34,13 @@ period.
 from __future__ import annotations
 
 import datetime as dt
-import smtplib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from email.message import EmailMessage
+from enum import StrEnum
 from functools import cache
 from itertools import groupby
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import jinja2
 from sqlalchemy import and_, exists, or_, select, update
@@ -57,9 +53,12 @@ from models import (
     CustomerClass,
     Invoice,
     InvoiceLine,
+    InvoiceStatus,
     Notification,
+    NotificationStatus,
     Reseller,
 )
+from models.validation import Problem
 from models.invoicing_rules import (
     Totals,
     covered_dates,
@@ -71,13 +70,11 @@ from models.invoicing_rules import (
     invoice_totals,
     local_date,
 )
-from tasks.base import BillingTask, is_transient, send_after_commit, utcnow
+from tasks.base import BillingTask, WorkFailed, database_clock, is_transient
+from tasks.notifications import queue_mailing_after_commit
 from worker.celery_app import app
 from worker.config import settings
 from worker.db import dialect_insert, unit_of_work
-
-ISSUED = "issued"
-GENERATING = "generating"
 
 
 @cache
@@ -139,6 +136,8 @@ class _Prepared:
     lines: list[_Line]
     totals: Totals
     covered: tuple[dt.date, dt.date]
+    issue_date: dt.date
+    due_date: dt.date
 
 
 def _load_periods(session: Session, ids: Sequence[int]) -> dict[int, _Period]:
@@ -203,7 +202,7 @@ def _claim_invoice(session: Session, period: _Period) -> tuple[int, bool] | None
             closed_period_id=period.closed_period_id,
             customer_id=period.customer_id,
             reseller_id=period.reseller_id,
-            status=GENERATING,
+            status=InvoiceStatus.GENERATING,
             currency=period.currency,
             tax_name=period.tax_name,
             tax_rate=period.tax_rate,
@@ -226,7 +225,7 @@ def _claim_invoice(session: Session, period: _Period) -> tuple[int, bool] | None
         .where(Invoice.closed_period_id == period.closed_period_id)
         .with_for_update()
     ).one()
-    return None if existing.status == ISSUED else (int(existing.id), False)
+    return None if existing.status == InvoiceStatus.ISSUED else (int(existing.id), False)
 
 
 def _take_charges(session: Session, period: _Period, invoice_id: int) -> list[_Line]:
@@ -291,9 +290,12 @@ def _existing_lines(session: Session, invoice_id: int) -> list[_Line]:
     ]
 
 
-def _prepare(session: Session, period: _Period) -> _Prepared | None:
-    """Phase 1 for one period: claim the invoice, attach the charges, compute the totals."""
+def _prepare(session: Session, period: _Period, now: dt.datetime) -> _Prepared | None:
+    """Phase 1 for one period: claim the invoice, attach the charges, compute the totals and
+    dates. Whatever can fail for this period's own data (its template, its zone) fails here,
+    inside its savepoint, never in phase 2 where the whole batch is numbered at once."""
     template = template_environment().get_template(period.template_name)
+    issue = local_date(now, period.timezone)
     claimed = _claim_invoice(session, period)
     if claimed is None:
         return None
@@ -309,6 +311,8 @@ def _prepare(session: Session, period: _Period) -> _Prepared | None:
         lines=lines,
         totals=totals,
         covered=covered_dates(period.start_date, period.end_date),
+        issue_date=issue,
+        due_date=due_date(issue, period.grace_period_days),
     )
 
 
@@ -349,9 +353,9 @@ def render_invoice(item: _Prepared, number: int, issue: dt.date, due: dt.date) -
     )
 
 
-def _issue(session: Session, prepared: list[_Prepared], now: dt.datetime) -> list[dict[str, Any]]:
+def _issue(session: Session, prepared: list[_Prepared], now: dt.datetime) -> list[IssuedInvoice]:
     """Phase 2: number, render and issue every prepared invoice; write the outbox rows."""
-    issued: list[dict[str, Any]] = []
+    issued: list[IssuedInvoice] = []
     invoice_rows: list[dict[str, Any]] = []
     notification_rows: list[dict[str, Any]] = []
     ordered = sorted(
@@ -368,13 +372,12 @@ def _issue(session: Session, prepared: list[_Prepared], now: dt.datetime) -> lis
         ).scalar_one()
         for number, item in enumerate(items, start=last - len(items) + 1):
             period = item.period
-            issue = local_date(now, period.timezone)
-            due = due_date(issue, period.grace_period_days)
+            issue, due = item.issue_date, item.due_date
             invoice_rows.append(
                 {
                     "id": item.invoice_id,
                     "number": number,
-                    "status": ISSUED,
+                    "status": InvoiceStatus.ISSUED,
                     "subtotal": item.totals.subtotal,
                     "tax": item.totals.tax,
                     "total": item.totals.total,
@@ -396,19 +399,15 @@ def _issue(session: Session, prepared: list[_Prepared], now: dt.datetime) -> lis
                             f"{covered_dates_text(*item.covered)}: {total_text}, due "
                             f"{format_long_date(due)}."
                         ),
-                        "status": "pending",
+                        "status": NotificationStatus.PENDING,
                         "attempts": 0,
                         "created_at": now,
                     }
                 )
             issued.append(
-                {
-                    "closed_period_id": period.closed_period_id,
-                    "invoice_id": item.invoice_id,
-                    "reseller_id": reseller_id,
-                    "number": number,
-                    "total": str(item.totals.total),
-                }
+                IssuedInvoice(
+                    period.closed_period_id, item.invoice_id, reseller_id, number, item.totals.total
+                )
             )
     if invoice_rows:
         session.execute(update(Invoice), invoice_rows)
@@ -426,196 +425,223 @@ def _issue(session: Session, prepared: list[_Prepared], now: dt.datetime) -> lis
     return issued
 
 
+class InvoicingStatus(StrEnum):
+    DONE = "done"  # every period of the batch is invoiced (now or before)
+    SOME_FAILED = "some_failed"  # some could not be: see `errors` and `failed`
+
+
+# Codes of the per-period errors.
+MISSING = "missing"  # no such closed period
+GENERATION_FAILED = "generation_failed"  # its own data made generation fail
+EARLIER_PERIOD_PENDING = "earlier_period_pending"  # held: an earlier period is not invoiced
+
+
+@dataclass(frozen=True)
+class IssuedInvoice:
+    closed_period_id: int
+    invoice_id: int
+    reseller_id: int
+    number: int
+    total: Decimal
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "closed_period_id": self.closed_period_id,
+            "invoice_id": self.invoice_id,
+            "reseller_id": self.reseller_id,
+            "number": self.number,
+            "total": str(self.total),
+        }
+
+
+@dataclass(frozen=True)
+class PeriodFailure:
+    closed_period_id: int
+    code: str
+    message: str
+
+    def as_problem(self) -> Problem:
+        return Problem(
+            "closed_period_ids", self.code, f"closed period {self.closed_period_id}: {self.message}"
+        )
+
+
+@dataclass(frozen=True)
+class InvoicingResult:
+    """What one generation did: issued invoices, periods invoiced before, and failures."""
+
+    invoices: tuple[IssuedInvoice, ...] = ()
+    already_invoiced: tuple[int, ...] = ()
+    failures: tuple[PeriodFailure, ...] = ()
+
+    @property
+    def status(self) -> InvoicingStatus:
+        return InvoicingStatus.SOME_FAILED if self.failures else InvoicingStatus.DONE
+
+    @property
+    def issued(self) -> int:
+        return len(self.invoices)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status.value,
+            "errors": [failure.as_problem().as_dict() for failure in self.failures],
+            "issued": self.issued,
+            "invoices": [invoice.as_json() for invoice in self.invoices],
+            "already_invoiced": list(self.already_invoiced),
+            "missing": [f.closed_period_id for f in self.failures if f.code == MISSING],
+            "failed": [f.closed_period_id for f in self.failures if f.code != MISSING],
+        }
+
+
 def _prepare_all(
-    session: Session, periods: list[_Period], summary: dict[str, Any]
-) -> list[_Prepared]:
-    """Phase 1 for the batch. Optimistically all periods in one savepoint (two round trips
-    fewer per invoice); if one of them fails, again one savepoint per period, so that only
-    the bad one is reported and skipped."""
+    session: Session, periods: list[_Period], now: dt.datetime
+) -> tuple[list[_Prepared], list[int], list[PeriodFailure]]:
+    """Phase 1 for the batch: (prepared, already invoiced, failed). Optimistically all
+    periods in one savepoint (two round trips fewer per invoice); if one of them fails,
+    again one savepoint per period, so that only the bad one is reported and skipped.
+
+    Periods go in id order, which is each customer's period order (a customer's periods
+    close one after the other), and a customer's later period is held once an earlier one
+    failed: its invoice is never numbered before the earlier one's. Concurrent generators
+    claim invoices in that same order, so they wait on each other without deadlocking."""
+    outcomes: list[tuple[_Period, _Prepared | None]] = []
+    failures: list[PeriodFailure] = []
     try:
         with session.begin_nested():
-            outcomes = [(period, _prepare(session, period)) for period in periods]
+            outcomes = [(period, _prepare(session, period, now)) for period in periods]
     except Exception as exc:
         if is_transient(exc):
             raise
         outcomes = []
+        failed_customers: set[int] = set()
         for period in periods:
+            if period.customer_id in failed_customers:
+                failures.append(
+                    PeriodFailure(
+                        period.closed_period_id,
+                        EARLIER_PERIOD_PENDING,
+                        "held until the customer's earlier period is invoiced",
+                    )
+                )
+                continue
             try:
                 with session.begin_nested():
-                    outcomes.append((period, _prepare(session, period)))
+                    outcomes.append((period, _prepare(session, period, now)))
             except Exception as exc:
                 if is_transient(exc):
                     raise
-                summary["failed"].append(
-                    {
-                        "closed_period_id": period.closed_period_id,
-                        "error": f"{type(exc).__name__}: {exc}",
-                    }
+                failed_customers.add(period.customer_id)
+                failures.append(
+                    PeriodFailure(
+                        period.closed_period_id, GENERATION_FAILED, f"{type(exc).__name__}: {exc}"
+                    )
                 )
-    prepared = []
-    for period, item in outcomes:
-        if item is None:
-            summary["already_invoiced"].append(period.closed_period_id)
-        else:
-            prepared.append(item)
-    return prepared
+    prepared = [item for _period, item in outcomes if item is not None]
+    already = [period.closed_period_id for period, item in outcomes if item is None]
+    return prepared, already, failures
+
+
+def _earlier_uninvoiced(session: Session, periods: dict[int, _Period]) -> list[int]:
+    """Closed periods not in the batch, not invoiced, that come before a batch period of
+    the same customer: they are invoiced first, so that numbers follow period order."""
+    latest: dict[int, dt.datetime] = {}
+    for period in periods.values():
+        if not period.invoiced:
+            start = latest.get(period.customer_id)
+            latest[period.customer_id] = (
+                max(start, period.period_start) if start else period.period_start
+            )
+    if not latest:
+        return []
+    rows = session.execute(
+        select(ClosedPeriod.id, ClosedPeriod.customer_id, ClosedPeriod.period_start).where(
+            ~ClosedPeriod.invoiced,
+            ClosedPeriod.customer_id.in_(sorted(latest)),
+            ClosedPeriod.id.not_in(sorted(periods)),
+        )
+    ).all()
+    return [row.id for row in rows if row.period_start < latest[row.customer_id]]
+
+
+def _record_failures(
+    session: Session, failures: Sequence[PeriodFailure], now: dt.datetime, retry_after: dt.timedelta
+) -> None:
+    """Count each failed generation on its period and push its next re-queue further away
+    (reconcile re-queues it after `retry_after`, then 2x, 4x, …; see ClosedPeriod)."""
+    failed = [f for f in failures if f.code == GENERATION_FAILED]
+    if not failed:
+        return
+    attempts: dict[int, int] = {
+        row.id: row.invoice_attempts
+        for row in session.execute(
+            select(ClosedPeriod.id, ClosedPeriod.invoice_attempts).where(
+                ClosedPeriod.id.in_([f.closed_period_id for f in failed])
+            )
+        )
+    }
+    session.execute(
+        update(ClosedPeriod),
+        [
+            {
+                "id": f.closed_period_id,
+                "invoice_attempts": attempts[f.closed_period_id] + 1,
+                "invoice_error": f.message[:2000],
+                "invoice_enqueued_at": now + retry_after * (2 ** attempts[f.closed_period_id] - 1),
+            }
+            for f in failed
+        ],
+    )
 
 
 def generate_invoices(
-    session: Session, closed_period_ids: Sequence[int], *, now: dt.datetime
-) -> dict[str, Any]:
-    """Create and issue one invoice per closed period of the batch; returns a JSON summary.
+    session: Session,
+    closed_period_ids: Sequence[int],
+    *,
+    now: dt.datetime,
+    retry_after: dt.timedelta = dt.timedelta(0),
+) -> InvoicingResult:
+    """Create and issue one invoice per closed period of the batch (and first, any earlier
+    uninvoiced period of the same customers, so numbers follow period order).
 
-    Safe to rerun and to run concurrently: a period already invoiced is skipped.
+    Safe to rerun and to run concurrently: a period already invoiced is skipped. A period
+    that fails is reported and skipped, the rest of the batch is issued; the failure is
+    recorded on the period (see `_record_failures`).
     """
     ids = sorted(set(closed_period_ids))
     periods = _load_periods(session, ids)
-    summary: dict[str, Any] = {
-        "issued": 0,
-        "already_invoiced": [],
-        "missing": [i for i in ids if i not in periods],
-        "failed": [],
-        "invoices": [],
-    }
-    todo = []
-    for period_id in ids:
-        period = periods.get(period_id)
-        if period is None:
-            continue
-        if period.invoiced:
-            summary["already_invoiced"].append(period_id)
-        else:
-            todo.append(period)
-    prepared = _prepare_all(session, todo, summary)
-    summary["invoices"] = _issue(session, prepared, now)
-    summary["issued"] = len(summary["invoices"])
-    return summary
-
-
-Sender = Callable[[EmailMessage], object]
-
-
-def send_notifications(
-    session: Session,
-    send: Sender,
-    *,
-    now: dt.datetime,
-    sender_address: str,
-    limit: int = 100,
-    max_attempts: int = 5,
-) -> dict[str, Any]:
-    """Send up to `limit` pending outbox e-mails with `send`; mark each sent or count the failure.
-
-    Rows are claimed with `FOR UPDATE SKIP LOCKED`, so concurrent mailers share the outbox.
-    Delivery is at least once: a crash between the SMTP hand-off and the commit sends that
-    e-mail again. After `max_attempts` failures a row is `failed` and left for an operator.
-    """
-    rows = session.execute(
-        select(Notification, Invoice.document_html)
-        .join(Invoice, Invoice.id == Notification.invoice_id)
-        .where(Notification.status == "pending")
-        .order_by(Notification.created_at, Notification.id)
-        .limit(limit)
-        .with_for_update(of=Notification, skip_locked=True)
-    ).all()
-    sent = failed = 0
-    for notification, document in rows:
-        message = EmailMessage()
-        message["From"] = sender_address
-        message["To"] = notification.recipient
-        message["Subject"] = notification.subject
-        message.set_content(notification.body_text)
-        if document:
-            message.add_alternative(document, subtype="html")
-        try:
-            send(message)
-        except (smtplib.SMTPException, OSError) as exc:
-            notification.attempts += 1
-            notification.last_error = f"{type(exc).__name__}: {exc}"
-            if notification.attempts >= max_attempts:
-                notification.status = "failed"
-            failed += 1
-        else:
-            notification.attempts += 1
-            notification.status = "sent"
-            notification.sent_at = now
-            sent += 1
-    session.flush()
-    return {"sent": sent, "failed": failed, "claimed": len(rows)}
-
-
-@dataclass(frozen=True)
-class SMTPSettings:
-    """`BILLING_SMTP_URL`: smtp://[user:password@]host[:port][?starttls=1&from=ADDRESS], or
-    smtps://… for implicit TLS."""
-
-    host: str
-    port: int
-    ssl: bool
-    starttls: bool
-    username: str | None
-    password: str | None
-    sender_address: str
-
-    @classmethod
-    def from_url(cls, url: str) -> SMTPSettings:
-        parts = urlsplit(url)
-        if parts.scheme not in {"smtp", "smtps"} or not parts.hostname:
-            raise ValueError(
-                f"BILLING_SMTP_URL must be smtp://host[:port] or smtps://…, got {url!r}"
-            )
-        query = parse_qs(parts.query)
-        return cls(
-            host=parts.hostname,
-            port=parts.port or (465 if parts.scheme == "smtps" else 25),
-            ssl=parts.scheme == "smtps",
-            starttls=query.get("starttls", ["0"])[0].lower() in {"1", "true", "yes"},
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password else None,
-            sender_address=query.get("from", ["billing@localhost"])[0],
-        )
-
-    def sender(self) -> Callable[[EmailMessage], object]:
-        def send(message: EmailMessage) -> object:
-            factory = smtplib.SMTP_SSL if self.ssl else smtplib.SMTP
-            with factory(self.host, self.port, timeout=30) as smtp:
-                if self.starttls:
-                    smtp.starttls()
-                if self.username:
-                    smtp.login(self.username, self.password or "")
-                return smtp.send_message(message)
-
-        return send
-
-
-@cache
-def smtp_settings() -> SMTPSettings | None:
-    """The mailer's settings, read once; None when BILLING_SMTP_URL is not set (no mailer)."""
-    url = settings().smtp_url
-    return SMTPSettings.from_url(url) if url else None
+    extra = _earlier_uninvoiced(session, periods)
+    if extra:
+        periods.update(_load_periods(session, extra))
+    failures = [PeriodFailure(i, MISSING, "no such closed period") for i in ids if i not in periods]
+    already = [i for i in sorted(periods) if periods[i].invoiced]
+    todo = [periods[i] for i in sorted(periods) if not periods[i].invoiced]
+    prepared, already_now, failed = _prepare_all(session, todo, now)
+    invoices = _issue(session, prepared, now)
+    _record_failures(session, failed, now, retry_after)
+    return InvoicingResult(
+        invoices=tuple(invoices),
+        already_invoiced=tuple(i for i in sorted(already + already_now) if i in ids),
+        failures=tuple(sorted(failures + failed, key=lambda f: f.closed_period_id)),
+    )
 
 
 @app.task(name="billing.invoices.generate", base=BillingTask, bind=True)
 def generate_invoices_task(self: BillingTask, closed_period_ids: list[int]) -> dict[str, Any]:
-    """Issue the invoices of a batch of closed periods (ids); reruns create nothing new."""
+    """Issue the invoices of a batch of closed periods (ids); reruns create nothing new.
+
+    A period that could not be invoiced fails the task (FAILURE, in Flower too) once the
+    rest of the batch has committed; the summary travels with the error."""
     ids = [int(i) for i in closed_period_ids]
     with unit_of_work() as session:
-        summary = generate_invoices(session, ids, now=utcnow())
-        if summary["issued"] and smtp_settings() is not None:
-            send_after_commit(session, send_notifications_task.s())
-        return summary
-
-
-@app.task(name="billing.notifications.send", base=BillingTask, bind=True)
-def send_notifications_task(self: BillingTask) -> dict[str, Any]:
-    """Send pending invoice e-mails through BILLING_SMTP_URL; requeue itself while some remain."""
-    conf = smtp_settings()
-    if conf is None:
-        return {"status": "disabled", "reason": "BILLING_SMTP_URL is not set"}
-    with unit_of_work() as session:
-        result = send_notifications(
-            session, conf.sender(), now=utcnow(), sender_address=conf.sender_address
+        result = generate_invoices(
+            session,
+            ids,
+            now=database_clock(session),
+            retry_after=dt.timedelta(seconds=settings().reconcile_after),
         )
-        if result["claimed"] and result["sent"] == result["claimed"]:
-            send_after_commit(session, send_notifications_task.s())
-    return {"status": "ok", **result}
+        if result.issued:
+            queue_mailing_after_commit(session)
+    if result.failures:
+        raise WorkFailed(result.as_json())
+    return result.as_json()

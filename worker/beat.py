@@ -14,6 +14,13 @@ clean stop, or once the lock has expired because the holder died:
   interval) later; it must stay well above the max interval, or a live holder could lose
   its lock between two extensions.
 
+The lock can also vanish under a live holder: a Redis `FLUSHALL`, or a Redis restart
+without persistence, deletes it (and the schedule). redbeat's own scheduler then raises
+`LockNotOwnedError` and beat exits; `ResilientRedBeatScheduler` (the one configured here)
+instead logs it, takes the lock again (waiting, as a standby does, if another beat took it
+meanwhile), writes the schedule back and goes on. While Redis is unreachable it logs and
+retries every max interval instead of exiting.
+
 Two beats are still harmless: beat only wakes the closer, which decides what is due from
 the database and closes each period exactly once (unique constraints), so the lock saves
 work, not money.
@@ -25,17 +32,55 @@ file in that folder so that only one run uses it.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
+from redbeat import RedBeatScheduler
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import LockError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from worker.config import Settings
 
-REDBEAT_SCHEDULER = "redbeat.RedBeatScheduler"
+logger = logging.getLogger("celery.beat")
+
+REDBEAT_SCHEDULER = "worker.beat:ResilientRedBeatScheduler"
 PERSISTENT_SCHEDULER = "celery.beat:PersistentScheduler"
 
 SCHEDULE_FILE = "celerybeat-schedule"
 
 _REDIS_SCHEMES = ("redis://", "rediss://")
+
+
+class ResilientRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
+    """redbeat's scheduler that survives losing its lock or its Redis (see module doc)."""
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        try:
+            return float(super().tick(*args, **kwargs))
+        except LockError:
+            logger.warning(
+                "beat: lost the redbeat lock %s (Redis flushed or restarted without "
+                "persistence?); taking it again",
+                self.lock_key,
+            )
+            return self._take_lock_again()
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            logger.warning("beat: Redis unreachable (%s); retrying in %s s", exc, self.max_interval)
+            return float(self.max_interval)
+
+    def _take_lock_again(self) -> float:
+        try:
+            # Blocks while another beat holds it, polling every max interval: this beat is
+            # then the standby, as if it had just started.
+            self.lock.acquire()
+            logger.info("beat: Acquired lock")
+            # The schedule lived in the same Redis: write its entries back.
+            self.setup_schedule()
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            logger.warning("beat: Redis unreachable (%s); retrying in %s s", exc, self.max_interval)
+        return float(self.max_interval)
 
 
 @dataclass(frozen=True)

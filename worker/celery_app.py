@@ -1,12 +1,13 @@
 """The Celery app: one place for every setting that keeps money safe.
 
-- JSON only: pickle would let whoever can write to the broker run code on the workers.
+- JSON only: pickle would let whoever can write to the broker run code on the workers;
+  and read with a depth limit, a poison message becoming a dead letter (worker/messages.py).
 - Late acks with reject-on-worker-lost: a task whose worker dies is redelivered, and every
   task is idempotent in the database, so running it twice is harmless.
 - Prefetch of one: closing and invoicing tasks are long; a worker must not sit on messages
   another idle worker could run.
-- Hard time limits well under the Redis visibility timeout (see `Settings`), so a message
-  is redelivered only when its worker really died.
+- Hard time limits just under the Redis visibility timeout (see `Settings`), so a message
+  is redelivered only when its worker really died, and then within ~16 minutes.
 - Task and sent events on, so Flower sees every task from the moment it is sent.
 - One queue per concern; explicit task names, routed by name.
 - Beat runs in UTC; what is due is decided from the database, not from the schedule.
@@ -21,7 +22,8 @@ from celery.signals import worker_process_init
 from kombu.entity import Queue
 
 from worker.beat import beat_config
-from worker.config import Settings, settings
+from worker.config import TASK_TIME_LIMIT, Settings, settings
+from worker.messages import register_json
 
 QUEUES = ("intake", "closing", "invoicing", "charges")
 
@@ -30,6 +32,7 @@ TASK_MODULES = [
     "tasks.intake",
     "tasks.closing",
     "tasks.invoicing",
+    "tasks.notifications",
     "tasks.charges",
 ]
 
@@ -42,9 +45,6 @@ TASK_ROUTES = {
     "billing.charges.*": {"queue": "charges"},
     "billing.payments.*": {"queue": "charges"},
 }
-
-# Hard limit for any task; the Redis visibility timeout (Settings) is well above it.
-TASK_TIME_LIMIT = 900
 
 
 def celery_config(conf: Settings) -> dict[str, Any]:
@@ -77,6 +77,9 @@ def celery_config(conf: Settings) -> dict[str, Any]:
         # Which scheduler beat uses and its lock (worker/beat.py).
         **beat_config(conf),
         "imports": TASK_MODULES,
+        # Every task message is checked before Celery runs it; a poison one becomes a dead
+        # letter instead of stopping the worker (worker/messages.py).
+        "worker_consumer": "worker.messages:GuardedConsumer",
     }
 
 
@@ -94,6 +97,10 @@ def beat_schedule(conf: Settings) -> dict[str, Any]:
             "options": {"queue": "closing", "expires": float(conf.reconcile_interval)},
         },
     }
+
+
+# The JSON decoder with a depth limit, for every message this process reads.
+register_json()
 
 
 def create_app(conf: Settings | None = None) -> Celery:

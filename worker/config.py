@@ -13,11 +13,17 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
 from models.validation import DEFAULT_CLOCK_SKEW_SECONDS
+
+# The hard time limit of every task (seconds); the soft limit is a minute earlier.
+TASK_TIME_LIMIT = 900
+# When an unacknowledged Redis message is handed out again (see broker_transport_options).
+REDELIVERY_AFTER = TASK_TIME_LIMIT + 60
 
 
 class SettingsError(ValueError):
@@ -72,6 +78,53 @@ def _check_database_url(url: str) -> str:
 
 
 @dataclass(frozen=True)
+class SMTPSettings:
+    """`BILLING_SMTP_URL`: smtp://[user:password@]host[:port][?starttls=1&from=ADDRESS], or
+    smtps://… for implicit TLS."""
+
+    host: str
+    port: int
+    ssl: bool
+    starttls: bool
+    username: str | None
+    password: str | None
+    sender_address: str
+
+    @classmethod
+    def from_url(cls, url: str) -> SMTPSettings:
+        """Parse the URL; a malformed one is a ValueError naming BILLING_SMTP_URL."""
+        parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if parts.scheme not in {"smtp", "smtps"} or not parts.hostname or port == -1:
+            raise SettingsError(
+                "BILLING_SMTP_URL must be smtp://[user:password@]host[:port][?starttls=1"
+                f"&from=ADDRESS] or smtps://…, got {_redacted_smtp(url)!r}"
+            )
+        query = parse_qs(parts.query)
+        return cls(
+            host=parts.hostname,
+            port=port or (465 if parts.scheme == "smtps" else 25),
+            ssl=parts.scheme == "smtps",
+            starttls=query.get("starttls", ["0"])[0].lower() in {"1", "true", "yes"},
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            sender_address=query.get("from", ["billing@localhost"])[0],
+        )
+
+
+def _redacted_smtp(url: str) -> str:
+    # A password never goes into an error message.
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+@dataclass(frozen=True)
 class Settings:
     data_dir: Path
     database_url: str
@@ -93,6 +146,8 @@ class Settings:
     # How far ahead of this machine's clock an instant given by a user (`billing close
     # --as-of`, a charge's `occurred_at`, a payment's `received_at`) may be before it is
     # refused as "in the future": clocks of the machines that produce them disagree a little.
+    # Also how far (seconds) the worker's clock may disagree with the database's before the
+    # worker warns; closing always goes by the database's clock (tasks/closing.py).
     clock_skew_seconds: int
     embedded_database: bool
     embedded_broker: bool
@@ -102,9 +157,10 @@ class Settings:
     beat_max_interval: int
     beat_lock_timeout: int | None
     beat_redis_url: str
-    # Invoices (see tasks/invoicing.py): the mailer's SMTP URL ("" = no mailer; the outbox
-    # keeps the notifications) and a folder of custom templates ("" = packaged ones only).
-    smtp_url: str
+    # Invoices: the mailer's SMTP server (tasks/notifications.py; None = no mailer, the
+    # outbox keeps the notifications) and a folder of custom templates ("" = packaged ones
+    # only).
+    smtp: SMTPSettings | None
     template_dir: str
 
     @property
@@ -123,9 +179,11 @@ class Settings:
                 "polling_interval": 0.1,
             }
         options: dict[str, Any] = {
-            # Longer than any task's hard time limit, so a message is only redelivered
-            # when its worker really died.
-            "visibility_timeout": 3600,
+            # A message a worker took but never acknowledged (the worker was killed, or
+            # Redis restarted under it) comes back to the queue this long after it was
+            # taken: just above the hard time limit, so a running task is never handed to
+            # a second worker, and a lost one is back within ~16 minutes, not an hour.
+            "visibility_timeout": REDELIVERY_AFTER,
         }
         if self.redis_key_prefix and self.broker_url.startswith(("redis", "rediss")):
             options["global_keyprefix"] = self.redis_key_prefix
@@ -188,9 +246,13 @@ def load_settings() -> Settings:
             else None
         ),
         beat_redis_url=os.environ.get("BILLING_BEAT_REDIS_URL", ""),
-        smtp_url=os.environ.get("BILLING_SMTP_URL", ""),
+        smtp=_smtp_settings(os.environ.get("BILLING_SMTP_URL", "")),
         template_dir=os.environ.get("BILLING_TEMPLATE_DIR", ""),
     )
+
+
+def _smtp_settings(url: str) -> SMTPSettings | None:
+    return SMTPSettings.from_url(url.strip()) if url.strip() else None
 
 
 @cache

@@ -394,5 +394,74 @@ def test_killing_the_worker_mid_close_then_restarting_closes_everything_once(
     assert (rows, customers, unenqueued, still_due) == (total, total, 0, 0)
     # Without reconcile, at most the batch committed just before the kill lacks a message.
     assert len(all_ids - queued_before_reconcile) <= batch
-    assert reconcile["requeued"] >= closed_before_restart
+    # Reconcile re-queues only what no message in the broker carries any more.
+    assert reconcile["requeued"] == len(all_ids - queued_before_reconcile)
+    assert reconcile["still_queued"] == len(all_ids & queued_before_reconcile)
     assert set(queued_invoice_ids(redis_client, invoicing_key)) == all_ids
+
+
+def test_reconcile_resends_only_messages_no_longer_in_the_broker(
+    clean_db, closing_app, closing_worker, invoicing_queue
+) -> None:
+    """Invoicing merely behind (every message still queued): reconcile sends nothing again.
+    Once the queue is lost (a Redis restart without persistence), it sends them all."""
+    start = dt.datetime(2026, 4, 1, tzinfo=UTC)
+    seed_due(clean_db, 30, start=start, end=start + dt.timedelta(days=1))
+    closed = run(closing_app, "billing.periods.close_due", as_of="2026-04-02T00:00:00Z")
+    queued = queued_invoice_ids(invoicing_queue)
+    assert closed["closed"] == len(queued) == 30
+
+    behind = run(closing_app, "billing.periods.reconcile", older_than=0)
+    invoicing_queue.delete(INVOICING_KEY)
+    lost = run(closing_app, "billing.periods.reconcile", older_than=0)
+
+    assert (behind["requeued"], behind["still_queued"]) == (0, 30)
+    assert (lost["requeued"], lost["still_queued"]) == (30, 0)
+    assert sorted(queued_invoice_ids(invoicing_queue)) == sorted(queued)
+
+
+def test_billing_close_with_the_broker_down_says_so_and_reconcile_finds_the_periods(
+    clean_db, closing_app, closing_worker, invoicing_queue
+) -> None:
+    """`billing close` with Redis unreachable commits what it closed, exits 1 with one
+    line saying those periods have no invoice message, and the next reconcile queues them."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.support import REPO_ROOT
+
+    start = dt.datetime(2026, 4, 1, tzinfo=UTC)
+    seed_due(clean_db, 20, start=start, end=start + dt.timedelta(days=1))
+    env = {**os.environ, "BILLING_BROKER_URL": "redis://127.0.0.1:1/0"}
+    env.pop("BILLING_RESULT_BACKEND", None)
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from worker.cli import main; main()",
+            "close",
+            "--as-of",
+            "2026-04-02T00:00:00Z",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "have no invoice message" in done.stderr
+    assert "Traceback" not in done.stderr
+    closed = count_closed(clean_db)
+    assert 0 < closed <= 20
+    with clean_db.connect() as conn:
+        never_queued = conn.scalar(
+            text("SELECT count(*) FROM closed_periods WHERE invoice_enqueued_at IS NULL")
+        )
+    assert never_queued == closed
+    healed = run(closing_app, "billing.periods.reconcile")
+    assert healed["requeued"] == closed
+    assert len(queued_invoice_ids(invoicing_queue)) == closed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -69,6 +70,8 @@ def test_a_charge_on_each_side_of_a_boundary_lands_on_the_right_invoice(worker, 
 
     assert summary["issued"] == 2
     assert rerun == {
+        "status": "done",
+        "errors": [],
         "issued": 0,
         "already_invoiced": [first, second],
         "missing": [],
@@ -116,7 +119,7 @@ def test_invoice_numbers_have_no_gaps_under_concurrent_generation(worker, clean_
 
     def in_process(batch):
         with unit_of_work() as session:
-            return generate_invoices(session, batch, now=dt.datetime.now(dt.UTC))
+            return generate_invoices(session, batch, now=dt.datetime.now(dt.UTC)).as_json()
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         local = list(pool.map(in_process, shifted))
@@ -236,3 +239,76 @@ def test_a_rendered_invoice_shows_the_customer_dates_and_totals(worker, clean_db
         (i["number"], i["customer"], i["total"], i["covered_from"], i["covered_to"])
         for i in listing
     ] == [(1, "Hokusai & Sons <Ltd>", "1700", "2026-03-19", "2026-04-18")]
+
+
+def test_a_batch_with_a_failed_period_ends_failure_after_the_good_part_committed(
+    worker, clean_db
+) -> None:
+    """Through the real worker: a batch with one period whose zone is unknown and one id
+    that does not exist issues the healthy periods, then ends FAILURE in the result backend
+    (what Flower shows) carrying the summary; `invoices generate --wait` exits 1."""
+    from celery.result import AsyncResult
+
+    from tasks.base import WorkFailed
+    from tasks.invoicing import generate_invoices_task
+    from worker.cli import main
+
+    with unit_of_work() as session:
+        ids = []
+        for _ in range(4):
+            customer = billing_customer(session, credit_limit=None)
+            ids.append(close_period(session, customer, MAR19, APR19).id)
+        session.get(ClosedPeriod, ids[1]).billing_timezone = "Atlantis/Capital"
+    missing = max(ids) + 1000
+
+    sent = generate_invoices_task.delay([*ids, missing])
+    with pytest.raises(WorkFailed) as failed:
+        sent.get(timeout=60)
+    by_cli = CliRunner().invoke(main, ["invoices", "generate", str(ids[1]), "--wait"])
+
+    assert AsyncResult(sent.id).state == "FAILURE"
+    summary = failed.value.summary
+    assert summary["status"] == "some_failed"
+    assert (summary["issued"], summary["failed"], summary["missing"]) == (3, [ids[1]], [missing])
+    with unit_of_work() as session:
+        issued = set(session.scalars(select(Invoice.closed_period_id)))
+        attempts = session.get(ClosedPeriod, ids[1]).invoice_attempts
+    assert issued == {ids[0], ids[2], ids[3]}
+    assert attempts == 2  # the batch, then the command
+    assert by_cli.exit_code == 1, by_cli.output
+    printed = json.loads(by_cli.stdout)
+    assert printed["failed"] == [ids[1]]
+    assert "Atlantis/Capital" in printed["errors"][0]["message"]
+    listed = CliRunner().invoke(main, ["periods", "list", "--failed", "--json"])
+    assert [(p["id"], p["invoice_attempts"]) for p in json.loads(listed.stdout)] == [(ids[1], 2)]
+
+
+def test_numbers_follow_period_order_when_missed_periods_arrive_out_of_order(
+    worker, clean_db
+) -> None:
+    """Three customers with eight missed periods each, one message per period sent in
+    reverse and interleaved order to the worker's two processes: every customer's invoice
+    numbers increase with its periods."""
+    from tasks.invoicing import generate_invoices_task
+
+    months = [dt.date(2025, m, 1) for m in range(1, 10)]
+    with unit_of_work() as session:
+        by_customer = []
+        for _ in range(3):
+            customer = billing_customer(session, credit_limit=None)
+            by_customer.append(
+                [close_period(session, customer, a, b).id for a, b in itertools.pairwise(months)]
+            )
+    messages = [ids[i] for i in reversed(range(8)) for ids in by_customer]
+
+    results = [generate_invoices_task.delay([i]) for i in messages]
+    for result in results:
+        assert result.get(timeout=120)["status"] == "done"
+
+    with unit_of_work() as session:
+        number = {i.closed_period_id: i.number for i in session.scalars(select(Invoice))}
+    assert len(number) == 24
+    for ids in by_customer:
+        numbers = [number[i] for i in ids]
+        assert numbers == sorted(numbers), numbers
+    assert sorted(number.values()) == list(range(1, 25))

@@ -297,20 +297,72 @@ def test_billing_run_on_postgresql_and_redis_migrates_beats_closes_and_stops_on_
         drop_database(ADMIN_DATABASE_URL, database)
 
 
-def test_billing_run_stops_everything_and_fails_when_its_worker_dies(runs, tmp_path) -> None:
-    """If the worker dies, beat is stopped too and billing run exits non-zero, not half-alive."""
+def test_billing_run_restarts_a_dead_child_and_still_stops_cleanly(runs, tmp_path) -> None:
+    """When beat dies (as after a lost lock) and then the worker, each is restarted with
+    a message saying so, the other child keeps running, and Ctrl-C still stops all."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
     env["BILLING_DATA_DIR"] = str(tmp_path / "data")
     run = BillingRun(env, tmp_path / "run.log")
     runs.append(run)
     run.wait_until_ready()
-    children = run.process_children()
-    # [python, -m, celery, -A, worker, <worker|beat>, ...]
-    worker = next(p for p in children if p.cmdline()[5] == "worker")
 
+    def child(role: str) -> psutil.Process | None:
+        """The live child running `celery … <role>` (a dead one not yet reaped is skipped)."""
+        for process in run.process_children():
+            try:
+                # [python, -m, celery, -A, worker, <worker|beat>, ...]
+                if process.status() != psutil.STATUS_ZOMBIE and process.cmdline()[5:6] == [role]:
+                    return process
+            except psutil.Error:
+                continue
+        return None
+
+    beat, worker = child("beat"), child("worker")
+    assert beat is not None
+    assert worker is not None
+    os.killpg(beat.pid, signal.SIGKILL)
+    wait_for(
+        lambda: (new := child("beat")) is not None and new.pid != beat.pid,
+        timeout=30,
+        what=f"beat restarted:\n{run.log()[-2000:]}",
+    )
+    assert "beat exited with code -9; restarting it in 1 s (restart 1 of 5)" in run.log()
+    assert child("worker").pid == worker.pid  # the worker never stopped
     os.killpg(worker.pid, signal.SIGKILL)
+    wait_for(
+        lambda: (new := child("worker")) is not None and new.pid != worker.pid,
+        timeout=30,
+        what="worker restarted",
+    )
+    wait_for(lambda: run.log().count(" ready.") >= 2, timeout=90, what="restarted worker ready")
 
-    assert run.process.wait(timeout=60) == 1
-    assert "worker exited with code" in run.log()
-    _gone, alive = psutil.wait_procs(children, timeout=30)
-    assert not alive
+    assert ping_through(env, "after restarts") == {"status": "pong", "payload": "after restarts"}
+    assert_stops_cleanly(run)
+
+
+def test_billing_run_names_the_service_that_is_down_in_one_line(tmp_path) -> None:
+    """With the broker, or the database, unreachable, billing run exits 1 within seconds
+    with one line naming the service and the variable to check, and no traceback."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
+    base["BILLING_DATA_DIR"] = str(tmp_path / "data")
+    cases = [
+        ({"BILLING_BROKER_URL": "redis://127.0.0.1:1/0"}, "the broker redis://127.0.0.1:1/0"),
+        (
+            {"BILLING_DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:1/x"},
+            "the database postgresql+psycopg://postgres@127.0.0.1:1/x",
+        ),
+    ]
+    for settings, named in cases:
+        done = subprocess.run(
+            [BILLING, "run"],
+            env={**base, **settings},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert named in done.stderr
+        assert "cannot be reached" in done.stderr
+        assert "Traceback" not in done.stderr + done.stdout
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr

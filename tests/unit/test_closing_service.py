@@ -92,7 +92,9 @@ def test_a_period_that_has_ended_is_closed_and_the_customer_moves_on(session, se
     session.refresh(customer)
     assert customer.current_period_start == dt.datetime(2026, 2, 1, 5, tzinfo=UTC)
     assert customer.current_period_end == dt.datetime(2026, 3, 1, 5, tzinfo=UTC)
-    assert summary.as_dict() == {
+    assert summary.as_json() == {
+        "status": "done",
+        "errors": [],
         "closed": 1,
         "already_closed": 0,
         "advanced": 1,
@@ -100,6 +102,7 @@ def test_a_period_that_has_ended_is_closed_and_the_customer_moves_on(session, se
         "invoice_messages": 1,
         "period_computations": 1,
         "unclosable": 0,
+        "unsent": 0,
     }
     assert sent.ids == [closed.id]
 
@@ -227,7 +230,10 @@ def test_a_customer_the_engine_refuses_is_logged_and_does_not_block_the_others(
 
     summary = close_due(session, now=dt.datetime(2026, 1, 17, tzinfo=UTC), batch_size=2)
 
-    assert summary.unclosable == 1
+    (problem,) = summary.unclosable
+    assert (problem.field, problem.code) == ("customer_ids", "unclosable")
+    assert f"customer {broken.id}" in problem.message
+    assert summary.status == "some_failed"
     assert summary.closed == 6  # 3 customers x (Jan 15-16, Jan 16-17)
     assert _closed(session, broken) == []
     assert all(len(_closed(session, c)) == 2 for c in healthy)
@@ -332,7 +338,13 @@ def test_reconcile_requeues_closed_periods_whose_invoice_never_came(session, sen
     summary = reconcile(session, now=now, older_than=dt.timedelta(minutes=15), batch_size=10)
     again = reconcile(session, now=now, older_than=dt.timedelta(minutes=15), batch_size=10)
 
-    assert summary.as_dict() == {"requeued": 1, "invoice_messages": 1}
+    assert summary.as_json() == {
+        "status": "done",
+        "errors": [],
+        "requeued": 1,
+        "invoice_messages": 1,
+        "still_queued": 0,
+    }
     assert sent.ids == [lost.id]
     assert again.requeued == 0
     session.refresh(lost)
@@ -421,3 +433,64 @@ def test_next_period_used_by_the_close_is_the_engines(session, sent) -> None:
         following = next_period(rule, customer.created_local_date, "Asia/Kathmandu", previous)
         assert customer.current_period_start == following.start
         assert customer.current_period_end == following.end
+
+
+def test_reconcile_does_not_resend_what_is_still_in_the_broker(session, sent) -> None:
+    """Stale periods whose messages are still queued (invoicing is behind, not lost) are not
+    sent again, only the lost one is; all of them count from now again."""
+    now = dt.datetime(2026, 2, 1, 12, tzinfo=UTC)
+    stale = [
+        _closed_period(session, enqueued=now - dt.timedelta(hours=2), invoiced=False)
+        for _ in range(4)
+    ]
+    session.commit()
+    queued = {p.id for p in stale[:3]}
+
+    summary = reconcile(
+        session, now=now, older_than=dt.timedelta(minutes=15), batch_size=10, still_queued=queued
+    )
+
+    assert (summary.requeued, summary.still_queued) == (1, 3)
+    assert sent.ids == [stale[3].id]
+    for period in stale:
+        session.refresh(period)
+        assert period.invoice_enqueued_at == now
+
+
+def test_reconcile_finds_periods_never_queued_and_leaves_given_up_ones(session, sent) -> None:
+    """A period the close could not queue (null queuing time) is queued at once; one whose
+    generation failed MAX_INVOICE_ATTEMPTS times is left to an operator."""
+    from models.closed_period import MAX_INVOICE_ATTEMPTS
+
+    now = dt.datetime(2026, 2, 1, 12, tzinfo=UTC)
+    never = _closed_period(session, enqueued=now, invoiced=False)
+    never.invoice_enqueued_at = None
+    poisoned = _closed_period(session, enqueued=now - dt.timedelta(days=3), invoiced=False)
+    poisoned.invoice_attempts = MAX_INVOICE_ATTEMPTS
+    session.commit()
+
+    summary = reconcile(session, now=now, older_than=dt.timedelta(minutes=15), batch_size=10)
+
+    assert summary.requeued == 1
+    assert sent.ids == [never.id]
+
+
+def test_a_broker_outage_leaves_closed_periods_marked_for_reconcile(session, monkeypatch) -> None:
+    """When the broker refuses the invoice messages, the committed close stays, the run
+    stops, says how many periods have no message, and marks them never queued."""
+    from kombu.exceptions import OperationalError
+
+    def refuse(_signatures, _parent):
+        raise OperationalError("Error 111 connecting to 127.0.0.1:1. Connection refused.")
+
+    monkeypatch.setattr(tasks.base, "publish", refuse)
+    customers = [make_customer(session, billing_period="daily") for _ in range(5)]
+    session.commit()
+
+    summary = close_due(session, now=dt.datetime(2026, 1, 16, 1, tzinfo=UTC), batch_size=2)
+
+    assert summary.status == "not_sent"
+    assert summary.as_json()["errors"][0]["code"] == "broker_unavailable"
+    closed = [p for c in customers for p in _closed(session, c)]
+    assert len(closed) == summary.closed == summary.unsent == 2  # the first batch only
+    assert all(p.invoice_enqueued_at is None for p in closed)

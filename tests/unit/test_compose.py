@@ -123,7 +123,7 @@ def test_beat_command_uses_the_redis_lock_scheduler(services) -> None:
     """Compose's beat runs redbeat with the same arguments as the two-beat test."""
     command = services["beat"]["command"]
     assert command == compose_command(beat_arguments())
-    assert command[command.index("-S") + 1] == "redbeat.RedBeatScheduler"
+    assert command[command.index("-S") + 1] == "worker.beat:ResilientRedBeatScheduler"
 
 
 def test_flower_takes_its_login_from_the_environment_with_no_default(services) -> None:

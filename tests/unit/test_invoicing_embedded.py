@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
+from itertools import pairwise
 
 import pytest
 from sqlalchemy import func, select
@@ -48,7 +49,7 @@ def test_a_closed_period_becomes_an_issued_numbered_invoice(session) -> None:
     _charge(session, customer, "10.00", dt.datetime(2026, 3, 20, 8, tzinfo=dt.UTC))
     _charge(session, customer, "2.55", dt.datetime(2026, 4, 18, 23, tzinfo=dt.UTC))
 
-    summary = generate_invoices(session, [period.id], now=NOW)
+    summary = generate_invoices(session, [period.id], now=NOW).as_json()
 
     assert summary["issued"] == 1
     invoice = session.scalars(select(Invoice)).one()
@@ -81,7 +82,7 @@ def test_a_rerun_creates_nothing_new(session) -> None:
     _charge(session, customer, "1.00", dt.datetime(2026, 3, 20, tzinfo=dt.UTC))
     generate_invoices(session, [period.id], now=NOW)
 
-    again = generate_invoices(session, [period.id, period.id], now=NOW)
+    again = generate_invoices(session, [period.id, period.id], now=NOW).as_json()
 
     assert again["issued"] == 0
     assert again["already_invoiced"] == [period.id]
@@ -108,7 +109,8 @@ def test_a_charge_on_each_side_of_the_boundary_lands_on_its_own_invoice(session)
 def test_generating_a_later_period_first_leaves_the_earlier_periods_charges_alone(
     session,
 ) -> None:
-    """Out-of-order generation (catch-up batches) never moves a charge to the wrong invoice."""
+    """Out-of-order generation (catch-up batches) never moves a charge to the wrong invoice,
+    and the earlier period, issued first, gets the earlier number."""
     customer = billing_customer(session)
     first = close_period(session, customer, MAR19, APR19)
     second = close_period(session, customer, APR19, MAY19)
@@ -119,7 +121,7 @@ def test_generating_a_later_period_first_leaves_the_earlier_periods_charges_alon
     generate_invoices(session, [first.id], now=NOW)
 
     rows = session.execute(select(Invoice.closed_period_id, Invoice.number, Invoice.subtotal))
-    assert sorted(rows) == [(first.id, 2, Decimal("1.00")), (second.id, 1, Decimal("2.00"))]
+    assert sorted(rows) == [(first.id, 1, Decimal("1.00")), (second.id, 2, Decimal("2.00"))]
 
 
 def test_a_late_charge_goes_on_the_next_invoice_with_a_note(session) -> None:
@@ -164,11 +166,14 @@ def test_one_bad_period_does_not_block_the_batch_and_numbers_stay_gapless(sessio
     )
     periods = [close_period(session, c, MAR19, APR19) for c in [*good[:1], bad, *good[1:]]]
 
-    summary = generate_invoices(session, [p.id for p in periods], now=NOW)
+    summary = generate_invoices(session, [p.id for p in periods], now=NOW).as_json()
 
     assert summary["issued"] == 3
-    assert [f["closed_period_id"] for f in summary["failed"]] == [periods[1].id]
-    assert "missing.html" in summary["failed"][0]["error"]
+    assert summary["status"] == "some_failed"
+    assert summary["failed"] == [periods[1].id]
+    (error,) = summary["errors"]
+    assert (error["field"], error["code"]) == ("closed_period_ids", "generation_failed")
+    assert "missing.html" in error["message"]
     assert sorted(session.scalars(select(Invoice.number))) == [1, 2, 3]
     assert session.get(ClosedPeriod, periods[1].id).invoiced is False
 
@@ -179,9 +184,10 @@ def test_numbers_run_per_reseller_and_unknown_periods_are_reported(session) -> N
     b = [billing_customer(session, reseller="beta") for _ in range(3)]
     periods = [close_period(session, c, MAR19, APR19) for c in [*a, *b]]
 
-    summary = generate_invoices(session, [p.id for p in periods] + [999999], now=NOW)
+    summary = generate_invoices(session, [p.id for p in periods] + [999999], now=NOW).as_json()
 
     assert summary["missing"] == [999999]
+    assert summary["errors"][0]["code"] == "missing"
     rows = session.execute(
         select(Reseller.name, Invoice.number).join(Reseller, Reseller.id == Invoice.reseller_id)
     ).all()
@@ -225,3 +231,63 @@ def test_the_document_escapes_customer_supplied_text(session) -> None:
     assert "<script>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; Co" in html
     assert "&lt;b&gt;x" in html
+
+
+def test_a_period_whose_zone_is_unknown_fails_alone_and_the_failure_is_recorded(session) -> None:
+    """A closed period whose zone the tz database does not know fails on its own (it used to
+    fail the whole batch in the numbering phase); the healthy ones are issued, and the bad
+    one counts an attempt, keeps its error and is re-queued only after a back-off."""
+    customers = [billing_customer(session) for _ in range(4)]
+    periods = [close_period(session, c, MAR19, APR19) for c in customers]
+    periods[2].billing_timezone = "Mars/Olympus_Mons"
+    session.flush()
+    wait = dt.timedelta(minutes=15)
+
+    first = generate_invoices(session, [p.id for p in periods], now=NOW, retry_after=wait)
+    second = generate_invoices(session, [periods[2].id], now=NOW, retry_after=wait)
+
+    assert first.issued == 3
+    assert [f.closed_period_id for f in first.failures] == [periods[2].id]
+    assert second.issued == 0
+    bad = session.get(ClosedPeriod, periods[2].id)
+    session.refresh(bad)
+    assert (bad.invoiced, bad.invoice_attempts) == (False, 2)
+    assert "Mars/Olympus_Mons" in bad.invoice_error
+    # 1st failure: queued again at now (reconcile waits `wait`); 2nd: at now + wait (2x).
+    assert bad.invoice_enqueued_at == NOW + wait
+    assert sorted(session.scalars(select(Invoice.number))) == [1, 2, 3]
+
+
+def test_invoicing_a_later_period_first_invoices_the_customers_earlier_ones(session) -> None:
+    """Given only its latest closed period, a customer's earlier uninvoiced periods are
+    issued first, in period order, so numbers follow periods whatever message came first."""
+    customer = billing_customer(session)
+    months = [dt.date(2026, m, 19) for m in range(1, 6)]
+    periods = [close_period(session, customer, a, b) for a, b in pairwise(months)]
+
+    result = generate_invoices(session, [periods[-1].id], now=NOW)
+    again = generate_invoices(session, [periods[1].id], now=NOW)
+
+    assert result.status == "done"
+    assert [i.closed_period_id for i in result.invoices] == [p.id for p in periods]
+    numbers = {i.closed_period_id: i.number for i in session.scalars(select(Invoice))}
+    assert [numbers[p.id] for p in periods] == [1, 2, 3, 4]
+    assert (again.issued, again.already_invoiced) == (0, (periods[1].id,))
+
+
+def test_a_later_period_waits_while_an_earlier_one_fails(session) -> None:
+    """When a customer's earlier period cannot be invoiced, its later ones are held, never
+    numbered before it; other customers are issued."""
+    customer, other = billing_customer(session), billing_customer(session)
+    early = close_period(session, customer, MAR19, APR19)
+    late = close_period(session, customer, APR19, MAY19)
+    fine = close_period(session, other, MAR19, APR19)
+    early.billing_timezone = "Nowhere/Land"
+    session.flush()
+
+    result = generate_invoices(session, [late.id, fine.id], now=NOW).as_json()
+
+    assert [i["closed_period_id"] for i in result["invoices"]] == [fine.id]
+    assert {e["code"] for e in result["errors"]} == {"generation_failed", "earlier_period_pending"}
+    assert sorted(result["failed"]) == sorted([early.id, late.id])
+    assert session.get(ClosedPeriod, late.id).invoiced is False

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 from typing import Any
 
 import click
 from sqlalchemy import func, select
 
 from models import ClosedPeriod, Customer
+from models.closed_period import MAX_INVOICE_ATTEMPTS
 from models.validation import check_not_future
-from tasks.base import utcnow
-from tasks.closing import close_due, parse_as_of
+from tasks.base import database_clock
+from tasks.closing import CloseStatus, CloseSummary, close_due, parse_as_of
 from worker.cli._common import LIMIT, iso_utc
 from worker.config import settings
 from worker.db import unit_of_work
@@ -22,7 +24,8 @@ from worker.db import unit_of_work
 @click.option(
     "--as-of",
     metavar="ISO-8601",
-    help="Close what has ended by this instant (with an offset or Z). Default: now.",
+    help="Close what has ended by this instant (with an offset or Z). "
+    "Default: now, by the database's clock.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def close_command(as_of: str | None, as_json: bool) -> None:
@@ -32,38 +35,57 @@ def close_command(as_of: str | None, as_json: bool) -> None:
     period (every missed one, in order) and invoice generation is queued. Safe to run
     while workers run: nothing is ever closed twice.
     """
-    clock = utcnow()
     try:
-        now = parse_as_of(as_of) if as_of is not None else clock
+        given = None if as_of is None else parse_as_of(as_of)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--as-of") from None
-    future = check_not_future(
-        now, now=clock, skew_seconds=settings().clock_skew_seconds, field="--as-of"
-    )
-    if future is not None:
-        raise click.BadParameter(
-            f"{future.message}; periods that have not ended cannot be closed, nothing was closed",
-            param_hint="--as-of",
-        )
     with unit_of_work() as session:
+        clock = database_clock(session)
+        future = (
+            None
+            if given is None
+            else check_not_future(
+                given, now=clock, skew_seconds=settings().clock_skew_seconds, field="--as-of"
+            )
+        )
+        if future is not None:
+            raise click.BadParameter(
+                f"{future.message}; periods that have not ended cannot be closed, "
+                "nothing was closed",
+                param_hint="--as-of",
+            )
+        now = clock if given is None else given
         summary = close_due(session, now=now, batch_size=settings().close_batch_size)
     if as_json:
-        click.echo(json.dumps({"as_of": iso_utc(now), **summary.as_dict()}))
-        return
+        click.echo(json.dumps({"as_of": iso_utc(now), **summary.as_json()}))
+        sys.exit(_exit_code(summary))
     click.echo(
         f"closed {summary.closed} period(s) ended by {iso_utc(now)} "
         f"in {summary.batches} batch(es); {summary.invoice_messages} invoice message(s) queued"
     )
     if summary.already_closed:
         click.echo(f"{summary.already_closed} period(s) had already been closed")
-    if summary.unclosable:
-        click.echo(
-            f"{summary.unclosable} customer(s) could not be closed: their stored period is "
-            "not one the period engine accepts (details in the log above)",
-            err=True,
-        )
     for (rule, tz, end_date), count in sorted(summary.by_boundary.items()):
         click.echo(f"  {count:>9}  {rule:<20} {tz:<32} ended {end_date.isoformat()}")
+    if summary.unclosable:
+        click.echo(
+            f"{len(summary.unclosable)} customer(s) could not be closed: their stored period "
+            "is not one the period engine accepts (details in the log above)",
+            err=True,
+        )
+    if summary.send_error:
+        click.echo(
+            f"{summary.unsent} closed period(s) have no invoice message: the broker refused "
+            f"it ({summary.send_error}); they stay closed, and reconcile queues their "
+            "invoices at its next run once the broker is back",
+            err=True,
+        )
+    sys.exit(_exit_code(summary))
+
+
+def _exit_code(summary: CloseSummary) -> int:
+    """0 when everything due was closed and its invoices queued; 1 otherwise."""
+    return 0 if summary.status is CloseStatus.DONE else 1
 
 
 @click.group("periods")
@@ -74,8 +96,13 @@ def periods() -> None:
 @periods.command("list")
 @click.option("--customer", "customer_name", help="Only this customer (name, any case).")
 @click.option("--limit", default=100, show_default=True, type=LIMIT, help="At most this many.")
+@click.option(
+    "--failed",
+    is_flag=True,
+    help="Only periods whose invoice generation failed (with the last error).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one array).")
-def list_command(customer_name: str | None, limit: int, as_json: bool) -> None:
+def list_command(customer_name: str | None, limit: int, failed: bool, as_json: bool) -> None:
     """List closed periods, the most recent first."""
     with unit_of_work() as session:
         query = (
@@ -84,6 +111,8 @@ def list_command(customer_name: str | None, limit: int, as_json: bool) -> None:
             .order_by(ClosedPeriod.period_end.desc(), ClosedPeriod.id.desc())
             .limit(limit)
         )
+        if failed:
+            query = query.where(ClosedPeriod.invoice_attempts > 0, ~ClosedPeriod.invoiced)
         if customer_name is not None:
             customer_id = session.scalar(
                 select(Customer.id).where(func.lower(Customer.name) == customer_name.lower())
@@ -105,6 +134,16 @@ def list_command(customer_name: str | None, limit: int, as_json: bool) -> None:
             f"(exclusive)  {row['billing_period']:<20} {row['billing_timezone']:<24} "
             f"{'invoiced' if row['invoiced'] else 'not invoiced'}"
         )
+        if row["invoice_attempts"] and not row["invoiced"]:
+            given_up = (
+                f" (reconcile gave up; fix it, then `billing invoices generate {row['id']}`)"
+                if row["invoice_attempts"] >= MAX_INVOICE_ATTEMPTS
+                else ""
+            )
+            click.echo(
+                f"          invoice failed {row['invoice_attempts']} time(s){given_up}: "
+                f"{row['invoice_error']}"
+            )
 
 
 def _as_json(period: ClosedPeriod, customer: str) -> dict[str, Any]:
@@ -121,6 +160,8 @@ def _as_json(period: ClosedPeriod, customer: str) -> dict[str, Any]:
         "closed_at": _iso(period.closed_at),
         "invoice_enqueued_at": _iso(period.invoice_enqueued_at),
         "invoiced": period.invoiced,
+        "invoice_attempts": period.invoice_attempts,
+        "invoice_error": period.invoice_error,
     }
 
 

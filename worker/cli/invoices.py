@@ -65,9 +65,9 @@ def invoices() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_invoices(customer: str | None, reseller: str | None, limit: int, as_json: bool) -> None:
     """List issued invoices, newest first."""
-    from models import Customer, Invoice, Reseller
+    from models import Customer, Invoice, InvoiceStatus, Reseller
 
-    query = _query().where(Invoice.status == "issued")
+    query = _query().where(Invoice.status == InvoiceStatus.ISSUED)
     if customer:
         query = query.where(func.lower(Customer.name) == func.lower(customer))
     if reseller:
@@ -157,7 +157,10 @@ def show_invoice(number: int, reseller: str | None, html_path: Path | None, as_j
 @click.option("--wait", is_flag=True, help="Wait for the worker's summary and print it.")
 @click.option("--timeout", default=300.0, show_default=True, type=SECONDS)
 def generate(closed_period_ids: tuple[int, ...], wait: bool, timeout: float) -> None:
-    """Queue invoice generation for CLOSED_PERIOD_IDS (safe to repeat: nothing is doubled)."""
+    """Queue invoice generation for CLOSED_PERIOD_IDS (safe to repeat: nothing is doubled).
+
+    With --wait, prints the worker's summary and exits 1 if any id failed or is missing."""
+    from tasks.base import WorkFailed
     from tasks.invoicing import generate_invoices_task
 
     prepare_producer(generate_invoices_task.app, wait=wait)
@@ -165,7 +168,13 @@ def generate(closed_period_ids: tuple[int, ...], wait: bool, timeout: float) -> 
     if not wait:
         click.echo(f"queued {result.id}")
         return
-    click.echo(json.dumps(result.get(timeout=timeout), indent=2))
+    try:
+        summary = result.get(timeout=timeout)
+    except WorkFailed as failed:
+        click.echo(json.dumps(failed.summary, indent=2))
+        click.echo(f"billing invoices generate: {failed}", err=True)
+        raise SystemExit(1) from None
+    click.echo(json.dumps(summary, indent=2))
 
 
 COMMANDS = [invoices]

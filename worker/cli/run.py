@@ -27,6 +27,7 @@ from types import FrameType
 import click
 from sqlalchemy.engine import make_url
 
+from tasks.base import one_line
 from worker.beat import PERSISTENT_SCHEDULER, BeatSettings, beat_settings
 from worker.commands import beat_arguments, worker_arguments
 from worker.config import Settings, load_settings
@@ -73,6 +74,11 @@ def run(concurrency: int, loglevel: str, close_interval: int | None, beat: bool)
     loglevel = loglevel.upper()
 
     with _data_folder_lock(conf):
+        # Every service checked before anything starts: a dead one is one line naming it,
+        # not a child's retry loop or a thousand lines of tracebacks.
+        problem = unreachable_service(conf)
+        if problem:
+            raise click.ClickException(problem)
         upgrade(conf.database_url)
         _print_banner(conf, beat_conf if beat else None)
         children = _Children()
@@ -116,9 +122,57 @@ def _close_due_now(conf: Settings) -> None:
     try:
         celery.send_task(entry["task"], **entry["options"])
     except Exception as exc:  # the broker may still be starting; beat sends it later anyway
-        click.echo(f"billing run: could not send the first period close now ({exc})", err=True)
+        click.echo(
+            f"billing run: could not send the first period close now ({one_line(exc)}); "
+            "beat sends it at the next interval",
+            err=True,
+        )
     finally:
         celery.close()
+
+
+PROBE_TIMEOUT = 3
+
+
+def unreachable_service(conf: Settings) -> str | None:
+    """One line naming the first service `billing run` needs that cannot be reached (the
+    database, the broker, the result backend) and what to check; None if all answer."""
+    from sqlalchemy import text
+
+    from worker.db import make_engine
+
+    if conf.database_url.startswith("postgres"):
+        engine = make_engine(conf.database_url, connect_args={"connect_timeout": PROBE_TIMEOUT})
+    else:
+        engine = make_engine(conf.database_url)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as exc:
+        return (
+            f"the database {_redacted(conf.database_url)} cannot be reached "
+            f"({one_line(getattr(exc, 'orig', None) or exc)}): check BILLING_DATABASE_URL "
+            "and that the server runs"
+        )
+    finally:
+        engine.dispose()
+    services = [("broker", conf.broker_url, "BILLING_BROKER_URL")]
+    if conf.result_backend != conf.broker_url and "://" in conf.result_backend:
+        services.append(("result backend", conf.result_backend, "BILLING_RESULT_BACKEND"))
+    for what, url, variable in services:
+        if not url.startswith(("redis://", "rediss://", "amqp://", "amqps://", "pyamqp://")):
+            continue  # the embedded file-system broker and SQLite results need no server
+        from kombu.connection import Connection
+
+        try:
+            with Connection(url, connect_timeout=PROBE_TIMEOUT) as connection:
+                connection.ensure_connection(max_retries=1, timeout=PROBE_TIMEOUT)
+        except Exception as exc:
+            return (
+                f"the {what} {_redacted(url)} cannot be reached ({one_line(exc)}): "
+                f"check {variable} and that the server runs"
+            )
+    return None
 
 
 def _uses_data_folder(conf: Settings, beat_conf: BeatSettings) -> bool:
@@ -209,14 +263,42 @@ def _die_with_parent() -> None:
     libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
+# Waits before restarting a child that died: 1, 2, 4, 8, 16 s. A child that ran longer
+# than STABLE_AFTER before dying starts the count again; one that dies len(RESTART_DELAYS)
+# + 1 times in a row stops the run (exit 1): something is wrong that a restart won't fix.
+RESTART_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0)
+STABLE_AFTER = 60.0
+
+
+@dataclass
+class _Child:
+    command: list[str]
+    process: subprocess.Popen[bytes]
+    started: float
+    restarts: int = 0  # in a row, since it last ran for STABLE_AFTER seconds
+
+
 @dataclass
 class _Children:
-    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    restart_delays: tuple[float, ...] = RESTART_DELAYS
+    stable_after: float = STABLE_AFTER
+    children: dict[str, _Child] = field(default_factory=dict)
     stop_signals: int = 0
 
+    @property
+    def processes(self) -> dict[str, subprocess.Popen[bytes]]:
+        return {name: child.process for name, child in self.children.items()}
+
     def start(self, name: str, command: list[str]) -> None:
+        previous = self.children.get(name)
+        self.children[name] = _Child(
+            command, self._spawn(command), time.monotonic(), previous.restarts if previous else 0
+        )
+
+    @staticmethod
+    def _spawn(command: list[str]) -> subprocess.Popen[bytes]:
         sys.stdout.flush()
-        self.processes[name] = subprocess.Popen(
+        return subprocess.Popen(
             command,
             # Their own session: Ctrl-C in the terminal reaches only `billing run`, which
             # then stops them in order, once.
@@ -225,52 +307,88 @@ class _Children:
         )
 
     def supervise(self) -> int:
-        """Wait until a stop signal or a child's exit; stop the rest; return the exit code."""
+        """Run until a stop signal, restarting a child that dies (with backoff); stop the
+        rest; return the exit code: 0 on a stop signal, 1 if a child kept dying."""
         previous = {
             signum: signal.signal(signum, self._on_signal)
             for signum in (signal.SIGINT, signal.SIGTERM)
         }
         try:
-            died = self._wait_for_stop_or_death()
-            if died is not None:
-                click.echo(
-                    f"billing run: {died} exited with code {self.processes[died].returncode}; "
-                    "stopping the rest",
-                    err=True,
-                )
-            else:
+            gave_up = self._watch()
+            if gave_up is None:
                 click.echo("billing run: stopping (warm shutdown: running tasks finish)")
+            else:
+                click.echo(f"billing run: {gave_up}; stopping the rest", err=True)
             self._stop_all()
-            return 0 if died is None else 1
+            return 0 if gave_up is None else 1
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+    def _watch(self) -> str | None:
+        """Restart dead children until a stop signal (None) or one keeps dying (why)."""
+        while not self.stop_signals:
+            for name, child in self.children.items():
+                code = child.process.poll()
+                if code is None:
+                    continue
+                if time.monotonic() - child.started >= self.stable_after:
+                    child.restarts = 0
+                if child.restarts >= len(self.restart_delays):
+                    return (
+                        f"{name} exited with code {code} {child.restarts + 1} times in a row"
+                        f"{_services_down_hint()}"
+                    )
+                delay = self.restart_delays[child.restarts]
+                click.echo(
+                    f"billing run: {name} exited with code {code}; restarting it in "
+                    f"{delay:g} s (restart {child.restarts + 1} of {len(self.restart_delays)})",
+                    err=True,
+                )
+                if not self._sleep(delay):
+                    return None
+                child.restarts += 1
+                self.start(name, child.command)
+                click.echo(f"billing run: {name} restarted (pid {self.children[name].process.pid})")
+                break  # the dict changed: look again
+            time.sleep(0.2)
+        return None
+
+    def _sleep(self, seconds: float) -> bool:
+        """Sleep, unless a stop signal comes first; False if it did."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.stop_signals:
+                return False
+            time.sleep(0.1)
+        return not self.stop_signals
 
     def _on_signal(self, _signum: int, _frame: FrameType | None) -> None:
         self.stop_signals += 1
         if self.stop_signals >= 2:
             # Second Ctrl-C: do not wait for running tasks (Celery's cold shutdown).
-            for process in self.processes.values():
-                if process.poll() is None:
-                    process.send_signal(signal.SIGQUIT)
-
-    def _wait_for_stop_or_death(self) -> str | None:
-        while not self.stop_signals:
-            for name, process in self.processes.items():
-                if process.poll() is not None:
-                    return name
-            time.sleep(0.2)
-        return None
+            for child in self.children.values():
+                if child.process.poll() is None:
+                    child.process.send_signal(signal.SIGQUIT)
 
     def _stop_all(self) -> None:
         # Beat first, so nothing new is scheduled while the worker drains.
-        for name in ("beat", "worker"):
-            process = self.processes.get(name)
-            if process is None or process.poll() is not None:
+        for name in ("beat", "worker", *self.children):
+            child = self.children.get(name)
+            if child is None or child.process.poll() is not None:
                 continue
-            process.send_signal(signal.SIGTERM)
-            while process.poll() is None:
+            child.process.send_signal(signal.SIGTERM)
+            while child.process.poll() is None:
                 time.sleep(0.2)
+
+
+def _services_down_hint() -> str:
+    """What is unreachable now, if anything: the likeliest reason a child keeps dying."""
+    try:
+        problem = unreachable_service(load_settings())
+    except ValueError as exc:
+        return f" ({exc})"
+    return f" ({problem})" if problem else ""
 
 
 COMMANDS = [run]

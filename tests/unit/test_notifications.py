@@ -13,12 +13,14 @@ from sqlalchemy import select
 
 from models import Notification
 from tasks.charges import record_charge
-from tasks.invoicing import SMTPSettings, generate_invoices, send_notifications
+from tasks.invoicing import generate_invoices
+from tasks.notifications import send_notifications, smtp_transport
 from tests.invoicing_factories import (
     billing_customer,
     charge_payload,
     close_period,
 )
+from worker.config import SMTPSettings, load_settings
 
 NOW = dt.datetime(2026, 4, 19, 0, 5, tzinfo=dt.UTC)
 
@@ -83,14 +85,20 @@ def test_the_outbox_is_mailed_with_the_invoice_attached(session, smtp_server) ->
     conf = SMTPSettings.from_url(f"smtp://127.0.0.1:{port}?from=billing@acme.test")
 
     first = send_notifications(
-        session, conf.sender(), now=NOW, sender_address=conf.sender_address, max_attempts=2
+        session, smtp_transport(conf), now=NOW, sender_address=conf.sender_address, max_attempts=2
     )
     second = send_notifications(
-        session, conf.sender(), now=NOW, sender_address=conf.sender_address, max_attempts=2
+        session, smtp_transport(conf), now=NOW, sender_address=conf.sender_address, max_attempts=2
     )
 
-    assert first == {"sent": 1, "failed": 1, "claimed": 2}
-    assert second == {"sent": 0, "failed": 1, "claimed": 1}
+    assert first.as_json() == {
+        "status": "some_failed",
+        "errors": [],
+        "sent": 1,
+        "failed": 1,
+        "claimed": 2,
+    }
+    assert (second.sent, second.failed, second.claimed) == (0, 1, 1)
     rows = {n.recipient: n for n in session.scalars(select(Notification))}
     assert (rows["ap@hopper.test"].status, rows["ap@hopper.test"].sent_at) == ("sent", NOW)
     assert (rows["bad@hopper.test"].status, rows["bad@hopper.test"].attempts) == ("failed", 2)
@@ -132,10 +140,23 @@ def test_smtp_urls_are_parsed(url, expected) -> None:
     )
 
 
-def test_a_malformed_smtp_url_is_refused_clearly() -> None:
-    """Anything but smtp:// or smtps:// with a host is a configuration error."""
+@pytest.mark.parametrize(
+    "url", ["http://mail.test", "smtp://", "smtp://mail.test:notaport", "mail.test:25"]
+)
+def test_a_malformed_smtp_url_is_refused_clearly(url) -> None:
+    """Anything but smtp:// or smtps:// with a host and a numeric port is a configuration
+    error naming the variable."""
     with pytest.raises(ValueError, match="BILLING_SMTP_URL"):
-        SMTPSettings.from_url("http://mail.test")
+        SMTPSettings.from_url(url)
+
+
+def test_a_bad_smtp_url_fails_when_the_settings_are_read(monkeypatch) -> None:
+    """The mailer's URL is parsed with the other settings, at start-up, not at the first
+    e-mail; the password never appears in the message."""
+    monkeypatch.setenv("BILLING_SMTP_URL", "smtp://user:s3cret@mail.test:port")
+    with pytest.raises(ValueError, match="BILLING_SMTP_URL") as error:
+        load_settings()
+    assert "s3cret" not in str(error.value)
 
 
 def test_tax_free_invoices_still_notify(session) -> None:

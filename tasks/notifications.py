@@ -1,0 +1,142 @@
+"""The invoice outbox mailer: send the pending notification e-mails, at least once.
+
+Issuing an invoice writes one outbox row per recipient (`tasks/invoicing.py`); this module
+only mails them. With `BILLING_SMTP_URL` set (parsed once, at start-up, in
+`worker/config.py`), `billing.notifications.send` runs after every batch that issued
+invoices and requeues itself while a full page was sent; without it the rows wait in the
+outbox for whatever mailer reads it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import smtplib
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.message import EmailMessage
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from models import Invoice, Notification, NotificationStatus
+from tasks.base import BillingTask, send_after_commit, utcnow
+from worker.celery_app import app
+from worker.config import SMTPSettings, settings
+from worker.db import unit_of_work
+
+SEND_NOTIFICATIONS = "billing.notifications.send"
+
+# Hands one e-mail to the mail system (an SMTP transport, or a test's list).
+Transport = Callable[[EmailMessage], object]
+
+
+class MailingStatus(StrEnum):
+    DONE = "done"  # every claimed e-mail was handed over (or there was nothing to send)
+    SOME_FAILED = "some_failed"  # some were refused; they stay pending until max attempts
+    DISABLED = "disabled"  # no BILLING_SMTP_URL: the outbox keeps the rows
+
+
+@dataclass(frozen=True)
+class MailingResult:
+    status: MailingStatus
+    sent: int = 0
+    failed: int = 0
+    claimed: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status.value,
+            "errors": [],
+            "sent": self.sent,
+            "failed": self.failed,
+            "claimed": self.claimed,
+        }
+
+
+def send_notifications(
+    session: Session,
+    transport: Transport,
+    *,
+    now: dt.datetime,
+    sender_address: str,
+    limit: int = 100,
+    max_attempts: int = 5,
+) -> MailingResult:
+    """Send up to `limit` pending outbox e-mails through `transport`; mark each sent or
+    count the failure.
+
+    Rows are claimed with `FOR UPDATE SKIP LOCKED`, so concurrent mailers share the outbox.
+    Delivery is at least once: a crash between the SMTP hand-off and the commit sends that
+    e-mail again. After `max_attempts` failures a row is `failed` and left for an operator.
+    """
+    rows = session.execute(
+        select(Notification, Invoice.document_html)
+        .join(Invoice, Invoice.id == Notification.invoice_id)
+        .where(Notification.status == NotificationStatus.PENDING)
+        .order_by(Notification.created_at, Notification.id)
+        .limit(limit)
+        .with_for_update(of=Notification, skip_locked=True)
+    ).all()
+    sent = failed = 0
+    for notification, document in rows:
+        message = EmailMessage()
+        message["From"] = sender_address
+        message["To"] = notification.recipient
+        message["Subject"] = notification.subject
+        message.set_content(notification.body_text)
+        if document:
+            message.add_alternative(document, subtype="html")
+        notification.attempts += 1
+        try:
+            transport(message)
+        except (smtplib.SMTPException, OSError) as exc:
+            notification.last_error = f"{type(exc).__name__}: {exc}"
+            if notification.attempts >= max_attempts:
+                notification.status = NotificationStatus.FAILED
+            failed += 1
+        else:
+            notification.status = NotificationStatus.SENT
+            notification.sent_at = now
+            sent += 1
+    session.flush()
+    return MailingResult(
+        MailingStatus.SOME_FAILED if failed else MailingStatus.DONE, sent, failed, len(rows)
+    )
+
+
+def smtp_transport(conf: SMTPSettings) -> Transport:
+    """One SMTP connection per e-mail, with the TLS mode and login `conf` says."""
+
+    def send(message: EmailMessage) -> object:
+        factory = smtplib.SMTP_SSL if conf.ssl else smtplib.SMTP
+        with factory(conf.host, conf.port, timeout=30) as smtp:
+            if conf.starttls:
+                smtp.starttls()
+            if conf.username:
+                smtp.login(conf.username, conf.password or "")
+            return smtp.send_message(message)
+
+    return send
+
+
+def queue_mailing_after_commit(session: Session) -> None:
+    """Have the mailer run once `session` commits, if there is a mailer."""
+    if settings().smtp is not None:
+        send_after_commit(session, send_notifications_task.s())
+
+
+@app.task(name=SEND_NOTIFICATIONS, base=BillingTask, bind=True)
+def send_notifications_task(self: BillingTask) -> dict[str, Any]:
+    """Send pending invoice e-mails through BILLING_SMTP_URL; requeue itself while some remain."""
+    conf = settings().smtp
+    if conf is None:
+        return MailingResult(MailingStatus.DISABLED).as_json()
+    with unit_of_work() as session:
+        result = send_notifications(
+            session, smtp_transport(conf), now=utcnow(), sender_address=conf.sender_address
+        )
+        if result.claimed and result.sent == result.claimed:
+            send_after_commit(session, send_notifications_task.s())
+    return result.as_json()
