@@ -18,7 +18,9 @@ from models.billing import (
 from models.catalog import BusinessModel, CustomerClass, Reseller
 from models.closed_period import ClosedPeriod
 from models.customer import BalanceControl, BlockReason, Customer, CustomerBlock, CustomerStatus
+from models.customer_history import CustomerChange
 from models.dead_letter import DeadLetter
+from models.plans import Plan, PlanFee, Subscription, SubscriptionFee
 
 __all__ = [
     "BalanceControl",
@@ -29,6 +31,7 @@ __all__ = [
     "ClosedPeriod",
     "Customer",
     "CustomerBlock",
+    "CustomerChange",
     "CustomerClass",
     "CustomerStatus",
     "DeadLetter",
@@ -40,5 +43,9 @@ __all__ = [
     "Notification",
     "NotificationStatus",
     "Payment",
+    "Plan",
+    "PlanFee",
     "Reseller",
+    "Subscription",
+    "SubscriptionFee",
 ]

@@ -171,6 +171,8 @@ class InvoiceLine(Base):
     id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
     invoice_id: Mapped[int] = mapped_column(ForeignKey("invoices.id"), index=True)
     charge_id: Mapped[int | None] = mapped_column(ForeignKey("charges.id"), unique=True)
+    # A recurring fee's line (models.plans.SubscriptionFee), once per fee.
+    fee_id: Mapped[int | None] = mapped_column(ForeignKey("subscription_fees.id"), unique=True)
     description: Mapped[str] = mapped_column(String(500))
     amount: Mapped[Decimal] = mapped_column(Money())
     occurred_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())

@@ -65,6 +65,8 @@ class Customer(Base):
     The current open period `[current_period_start, current_period_end)` is stored as UTC
     instants; the closer selects on `current_period_end <= now` through a partial index.
     `created_local_date` is the period anchor: the creation date in the billing timezone.
+    It stays the anchor when the rule or zone changes later: a customer moved to
+    `monthly_anniversary` keeps the day of the month it was created on.
     """
 
     __tablename__ = "customers"
@@ -109,6 +111,14 @@ class Customer(Base):
     stored_at: Mapped[dt.datetime] = mapped_column(
         UTCDateTime(), server_default=func.current_timestamp()
     )
+    # A billing period rule or timezone change waiting for the end of the period it was
+    # asked in (`pending_from`, a boundary of the current rule and zone): that period still
+    # closes by the old ones, and the closer switches at the boundary (tasks.period_changes).
+    pending_billing_period: Mapped[str | None] = mapped_column(String(32))
+    pending_billing_timezone: Mapped[str | None] = mapped_column(String(64))
+    pending_from: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # When the customer was closed (status `closed`): its last period ends here.
+    closed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
     reseller: Mapped[Reseller] = relationship(lazy="raise")
     business_model: Mapped[BusinessModel] = relationship(lazy="raise")

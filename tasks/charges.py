@@ -15,8 +15,8 @@ Refusals are results, never exceptions: `{"status": "refused", "errors": [{field
 message}]}`. The payload's own codes are those of `models/movements.py` (shared with intake:
 `required`, `unknown_field`, `invalid_type`, `invalid_decimal`, `too_many_decimals`,
 `not_positive`, `in_future`, …); then `unknown_customer`, `currency_mismatch`,
-`customer_inactive` (charges only), `credit_limit_reached`, `insufficient_funds`,
-`idempotency_conflict`.
+`customer_closed` / `customer_inactive` (charges only), `credit_limit_reached`,
+`insufficient_funds`, `idempotency_conflict`.
 """
 
 from __future__ import annotations
@@ -116,6 +116,16 @@ def _apply(
         )
     )
     session.flush()
+
+
+def _closed_refusal(customer: Customer) -> Problem:
+    closed = iso_utc(customer.closed_at) if customer.closed_at is not None else "earlier"
+    return Problem(
+        "customer",
+        "customer_closed",
+        f"{customer.name!r} was closed at {closed} and its final invoice made; "
+        "no charge can be recorded for it any more",
+    )
 
 
 def _outcome(
@@ -222,6 +232,8 @@ def _record(
     )
     if existing is not None:
         return _replay(session, kind, existing, customer, amount, at)
+    if is_charge and customer.status == CustomerStatus.CLOSED:
+        return refused(_closed_refusal(customer))
     if is_charge and customer.status != CustomerStatus.ACTIVE:
         return refused(
             Problem("customer", "customer_inactive", f"{customer.name!r} is {customer.status}")

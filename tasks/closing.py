@@ -40,6 +40,7 @@ from models.closed_period import MAX_INVOICE_ATTEMPTS
 from models.closing_rules import Advance, GroupedPeriods
 from models.validation import Problem, parse_instant
 from tasks.base import BackgroundSender, BillingTask, WorkFailed, database_clock, one_line
+from tasks.period_changes import close_switching_periods
 from worker.broker_queues import queued_closed_period_ids
 from worker.celery_app import app
 from worker.config import settings
@@ -159,9 +160,20 @@ def close_due(
                 claimed = session.execute(
                     _claim_due(session, now, batch_size, set(unclosable))
                 ).all()
-                if not claimed:
-                    break
-                closed_ids = _close_batch(session, claimed, groups, now, unclosable, tally)
+                if claimed:
+                    closed_ids = _close_batch(session, claimed, groups, now, unclosable, tally)
+                else:
+                    # Customers whose period ends where a rule or zone change waits are
+                    # closed one by one (tasks.period_changes); they may then be due again.
+                    switched, closed_ids = close_switching_periods(
+                        session, now=now, limit=batch_size
+                    )
+                    if not switched:
+                        break
+                    tally.batches += 1
+                    tally.advanced += switched
+                    tally.closed += len(closed_ids)
+                    tally.already_closed += switched - len(closed_ids)
                 tally.invoice_messages += _queue_invoices(
                     session, sender, closed_ids, invoice_batch
                 )
@@ -253,7 +265,15 @@ def _claim_due(
             Customer.current_period_start,
             Customer.current_period_end,
         )
-        .where(Customer.status == CustomerStatus.ACTIVE.value, Customer.current_period_end <= now)
+        .where(
+            Customer.status == CustomerStatus.ACTIVE.value,
+            Customer.current_period_end <= now,
+            # A period ending where a rule or zone change waits: see close_switching_periods.
+            or_(
+                Customer.pending_from.is_(None),
+                Customer.current_period_end != Customer.pending_from,
+            ),
+        )
         .order_by(Customer.current_period_end)
         .limit(batch_size)
         # FOR NO KEY UPDATE, the lock the UPDATE takes anyway: it keeps other closers off

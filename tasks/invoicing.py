@@ -58,7 +58,6 @@ from models import (
     NotificationStatus,
     Reseller,
 )
-from models.validation import Problem
 from models.invoicing_rules import (
     Totals,
     covered_dates,
@@ -70,7 +69,9 @@ from models.invoicing_rules import (
     invoice_totals,
     local_date,
 )
+from models.validation import Problem
 from tasks.base import BillingTask, WorkFailed, database_clock, is_transient
+from tasks.fees import ClosedPeriodFees, bill_fees
 from tasks.notifications import queue_mailing_after_commit
 from worker.celery_app import app
 from worker.config import settings
@@ -119,6 +120,7 @@ class _Period:
     grace_period_days: int
     template_name: str
     notification_emails: list[str]
+    fees: ClosedPeriodFees
 
 
 @dataclass
@@ -161,6 +163,8 @@ def _load_periods(session: Session, ids: Sequence[int]) -> dict[int, _Period]:
             CustomerClass.grace_period_days,
             CustomerClass.invoice_template,
             CustomerClass.notification_emails,
+            ClosedPeriod.billing_period,
+            Customer.created_local_date,
         )
         .join(Customer, Customer.id == ClosedPeriod.customer_id)
         .join(Reseller, Reseller.id == Customer.reseller_id)
@@ -186,6 +190,18 @@ def _load_periods(session: Session, ids: Sequence[int]) -> dict[int, _Period]:
             grace_period_days=row[15],
             template_name=row[16],
             notification_emails=list(row[17] or []),
+            fees=ClosedPeriodFees(
+                closed_period_id=row[0],
+                customer_id=row[7],
+                currency=row[9],
+                anchor=row[19],
+                billing_period=row[18],
+                timezone=row[6],
+                period_start=row[2],
+                period_end=row[3],
+                start_date=row[4],
+                end_date=row[5],
+            ),
         )
         for row in rows
     }
@@ -302,7 +318,14 @@ def _prepare(session: Session, period: _Period, now: dt.datetime) -> _Prepared |
     invoice_id, created = claimed
     # An invoice left `generating` by an earlier attempt keeps the lines it already has.
     resumed = [] if created else _existing_lines(session, invoice_id)
-    lines = resumed + _take_charges(session, period, invoice_id)
+    # Recurring fees are billed with the invoice row that records them, so a resumed
+    # invoice already has its fee lines.
+    fees = (
+        [_Line(f.description, f.amount, None) for f in bill_fees(session, period.fees, invoice_id)]
+        if created
+        else []
+    )
+    lines = resumed + fees + _take_charges(session, period, invoice_id)
     totals = invoice_totals((line.amount for line in lines), period.tax_rate, period.currency)
     return _Prepared(
         period=period,

@@ -34,6 +34,9 @@ TASK_MODULES = [
     "tasks.invoicing",
     "tasks.notifications",
     "tasks.charges",
+    "tasks.customer_close",
+    "tasks.customer_update",
+    "tasks.customer_suspension",
 ]
 
 TASK_ROUTES = {

@@ -143,11 +143,11 @@ class Settings:
     # and more to redo when a worker dies mid-task (a rerun creates nothing new).
     invoice_batch_size: int
     close_batch_size: int
-    # How far ahead of this machine's clock an instant given by a user (`billing close
-    # --as-of`, a charge's `occurred_at`, a payment's `received_at`) may be before it is
-    # refused as "in the future": clocks of the machines that produce them disagree a little.
-    # Also how far (seconds) the worker's clock may disagree with the database's before the
-    # worker warns; closing always goes by the database's clock (tasks/closing.py).
+    # How far (seconds) an instant given by a user (`billing close --as-of`, a charge's
+    # `occurred_at`, a payment's
+    # `received_at`, a customer close's `--at`) may be ahead of now before it is refused as
+    # "in the future", and how far the worker's clock may disagree with the database's
+    # before the worker warns; closing always goes by the database's clock (tasks/closing.py).
     clock_skew_seconds: int
     embedded_database: bool
     embedded_broker: bool
