@@ -65,9 +65,16 @@ from typing import Annotated, Any, Final
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, TypeAdapter, ValidationError
 
-from models.custom_fields import CustomField, check_custom_data
+from models.custom_fields import CUSTOM_FIELD_TYPES, CustomField, check_custom_data
 from models.customer import BalanceControl
-from models.money import MoneyError, decimal_places, is_currency, minor_units, parse_decimal
+from models.money import (
+    MoneyError,
+    decimal_places,
+    is_currency,
+    minor_units,
+    parse_decimal,
+    parse_decimal_text,
+)
 from models.periods import (
     BillingPeriod,
     InvalidTimezone,
@@ -75,8 +82,28 @@ from models.periods import (
     parse_rule,
     validate_timezone,
 )
-from models.validation import Problem, check_instant, has_control_characters, problems_from
+from models.validation import (
+    Problem,
+    check_instant,
+    has_control_characters,
+    is_email,
+    parse_instant,
+    problems_from,
+)
 from models.validation import refusal as _fail
+
+# Names that moved to models/validation.py, models/money.py and models/custom_fields.py,
+# re-exported for code written before the split; import them from their own module.
+__all__ = [
+    "CUSTOM_FIELD_TYPES",
+    "CustomField",
+    "Problem",
+    "check_custom_data",
+    "has_control_characters",
+    "is_email",
+    "parse_decimal_text",
+    "parse_instant",
+]
 
 MAX_PAYLOAD_BYTES: Final = 16 * 1024
 MAX_NAME_LENGTH: Final = 100
