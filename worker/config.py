@@ -24,6 +24,7 @@ from models.validation import DEFAULT_CLOCK_SKEW_SECONDS
 TASK_TIME_LIMIT = 900
 # When an unacknowledged Redis message is handed out again (see broker_transport_options).
 REDELIVERY_AFTER = TASK_TIME_LIMIT + 60
+RESTORE_SWEEP = 10
 
 
 class SettingsError(ValueError):
@@ -186,6 +187,10 @@ class Settings:
             # taken: just above the hard time limit, so a running task is never handed to
             # a second worker, and a lost one is back within ~16 minutes, not an hour.
             "visibility_timeout": REDELIVERY_AFTER,
+            # Every worker looks for such messages every 10 s (kombu's default is one real
+            # look every 10th sweep, ~100 s), so the bound is REDELIVERY_AFTER + 10 s.
+            "unacked_restore_interval": RESTORE_SWEEP,
+            "unacked_restore_throttle": 1,
         }
         if self.redis_key_prefix and self.broker_url.startswith(("redis", "rediss")):
             options["global_keyprefix"] = self.redis_key_prefix

@@ -251,3 +251,42 @@ def _answers(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def test_an_unwritable_results_path_is_refused_before_anything_is_sent(
+    database_url, redis_client, tmp_path
+) -> None:
+    """`--results /nonexistent/dir/r.jsonl` fails at once; no job reaches the queue."""
+    prefix = f"billing-test-results-{uuid.uuid4().hex[:8]}:"
+    target = tmp_path / "no" / "such" / "r.jsonl"
+
+    done, _ = billing(
+        "customers",
+        "enqueue",
+        "-",
+        "--wait",
+        "--results",
+        str(target),
+        env={"BILLING_REDIS_KEY_PREFIX": prefix},
+        stdin=json.dumps({"name": "Never Sent"}) + "\n",
+    )
+
+    assert_short_failure(done, f"cannot write {target}")
+    assert "enqueued" not in done.stderr
+    assert redis_client.llen(f"{prefix}intake") == 0  # type: ignore[attr-defined]
+
+
+def test_invoice_documents_paths_are_checked_before_the_database(tmp_path) -> None:
+    """`invoices show N --html /nonexistent/x.html` names the folder, even with no database."""
+    target = tmp_path / "missing" / "x.html"
+
+    done, _ = billing(
+        "invoices",
+        "show",
+        "1",
+        "--html",
+        str(target),
+        env={"BILLING_DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:1/x"},
+    )
+
+    assert_short_failure(done, f"the folder {target.parent} does not exist")

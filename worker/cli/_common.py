@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import sys
 import time
 from collections import Counter
@@ -282,6 +283,18 @@ def open_output(path: Path | None) -> IO[str] | None:
         return path.open("w", encoding="utf-8")
     except OSError as error:
         fail(f"cannot write {path.resolve()}: {error.strerror}")
+
+
+def check_output_paths(*paths: Path | None) -> None:
+    """Fail now, before any work, if one of `paths` could not be written."""
+    for path in paths:
+        if path is None:
+            continue
+        folder = path.resolve().parent
+        if not folder.is_dir():
+            fail(f"cannot write {path.resolve()}: the folder {folder} does not exist")
+        if path.is_dir() or not os.access(path if path.exists() else folder, os.W_OK):
+            fail(f"cannot write {path.resolve()}: permission denied")
 
 
 # --------------------------------------------------------------------------------------------
