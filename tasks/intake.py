@@ -31,7 +31,6 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, literal, null, or_, select
 from sqlalchemy.orm import Session
@@ -50,6 +49,7 @@ from models.intake import (
     finish_intake,
     parse_intake,
 )
+from models.invoicing_rules import local_date
 from models.periods import Period, PeriodError, first_period
 from models.validation import Problem, iso_utc
 from tasks.base import BillingTask, utcnow
@@ -146,7 +146,7 @@ def _store(
 ) -> dict[str, Any]:
     intake = accepted.intake
     created_at = intake.created_at or now
-    created_local_date = created_at.astimezone(ZoneInfo(intake.billing_timezone)).date()
+    created_local_date = local_date(created_at, intake.billing_timezone)
     try:
         period = first_period(intake.billing_period, created_local_date, intake.billing_timezone)
     except PeriodError as error:
