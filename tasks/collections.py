@@ -33,7 +33,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import exists, or_, select, update
+from sqlalchemy import exists, select, union, update
 from sqlalchemy.orm import Session
 
 from models import (
@@ -56,11 +56,11 @@ from tasks.blocks import block
 from tasks.closing import parse_as_of
 from tasks.notifications import queue_mailing_after_commit
 from tasks.settlement import (
-    applied_sum,
     apply_credit,
     notify,
     open_invoices,
     resume_if_clear,
+    try_lock_customer,
 )
 from worker.celery_app import app
 from worker.db import dialect_insert, unit_of_work
@@ -100,34 +100,22 @@ class CollectionsSummary:
         }
 
 
-def _lock_if_free(session: Session, customer_id: int) -> Customer | None:
-    return session.scalars(
-        select(Customer)
-        .where(Customer.id == customer_id)
-        .with_for_update(skip_locked=True)
-        .execution_options(populate_existing=True)
-    ).one_or_none()
-
-
 def _heal_credit(session: Session, summary: CollectionsSummary, now: dt.datetime) -> None:
+    # Driven by the (small, partially indexed) rows of unapplied credit, not by customers.
+    holders = union(
+        select(Payment.customer_id.label("id")).where(Payment.unapplied > 0),
+        select(CreditNote.customer_id.label("id")).where(CreditNote.unapplied > 0),
+    ).subquery()
     open_invoice = exists().where(
-        Invoice.customer_id == Customer.id,
+        Invoice.customer_id == holders.c.id,
         Invoice.status == InvoiceStatus.ISSUED,
-        Invoice.total > applied_sum(Invoice.id),
+        Invoice.settled_at.is_(None),
     )
     with_credit = session.scalars(
-        select(Customer.id)
-        .where(
-            or_(
-                exists().where(Payment.customer_id == Customer.id, Payment.unapplied > 0),
-                exists().where(CreditNote.customer_id == Customer.id, CreditNote.unapplied > 0),
-            ),
-            open_invoice,
-        )
-        .order_by(Customer.id)
+        select(holders.c.id).where(open_invoice).order_by(holders.c.id)
     ).all()
     for customer_id in with_credit:
-        customer = _lock_if_free(session, customer_id)
+        customer = try_lock_customer(session, customer_id)
         if customer is None:
             summary.customers_busy += 1
             continue
@@ -156,7 +144,7 @@ def _candidates(session: Session) -> dict[int, list[Any]]:
         .join(CustomerClass, CustomerClass.id == Customer.customer_class_id)
         .where(
             Invoice.status == InvoiceStatus.ISSUED,
-            Invoice.total > applied_sum(Invoice.id),
+            Invoice.settled_at.is_(None),  # the index of open invoices
         )
         .order_by(Invoice.customer_id, Invoice.due_date, Invoice.number)
     ).all()
@@ -294,7 +282,7 @@ def _resume_cleared(session: Session, summary: CollectionsSummary, now: dt.datet
         .order_by(CustomerBlock.customer_id)
     ).all()
     for customer_id in suspended:
-        customer = _lock_if_free(session, customer_id)
+        customer = try_lock_customer(session, customer_id)
         if customer is None:
             summary.customers_busy += 1
             continue
@@ -315,7 +303,7 @@ def run_collections(
         batch = customer_ids[start : start + batch_size]
         done = _done_steps(session, [row.id for cid in batch for row in candidates[cid]])
         for customer_id in batch:
-            customer = _lock_if_free(session, customer_id)
+            customer = try_lock_customer(session, customer_id)
             if customer is None:
                 summary.customers_busy += 1
                 continue

@@ -44,7 +44,6 @@ from models import (
     InvoiceApplication,
     InvoiceLine,
     InvoiceStatus,
-    LedgerEntry,
     LedgerEntryType,
     Reseller,
 )
@@ -54,15 +53,21 @@ from models.invoicing_rules import (
     PREPAID,
     Refusal,
     apply_payment,
-    balance_block_reason,
     format_money,
     local_date,
 )
 from models.money import MoneyError, parse_amount
 from models.plans import SubscriptionFee
-from tasks.blocks import set_blocked
+from tasks.balances import apply_balance_change
 from tasks.invoicing import generate_invoices
-from tasks.settlement import applied_sum, apply_credit, lock_customer, notify, resume_if_clear
+from tasks.settlement import (
+    applied_sum,
+    apply_credit,
+    lock_customer,
+    mark_settled,
+    notify,
+    resume_if_clear,
+)
 
 
 class CorrectionStatus(StrEnum):
@@ -330,26 +335,13 @@ def _ledger(session: Session, customer: Customer, note: CreditNote, now: dt.date
     )
     if isinstance(change, Refusal):  # cannot happen: a positive amount is always accepted
         raise RuntimeError(change.message)
-    session.execute(
-        update(Customer).where(Customer.id == customer.id).values(balance=change.balance_after)
-    )
-    session.add(
-        LedgerEntry(
-            customer_id=customer.id,
-            entry_type=LedgerEntryType.CREDIT_NOTE,
-            amount=change.delta,
-            balance_after=change.balance_after,
-            credit_note_id=note.id,
-            created_at=now,
-        )
-    )
-    session.flush()
-    set_blocked(
+    apply_balance_change(
         session,
         customer,
-        balance_block_reason(customer.balance_control),
-        change.blocked_after,
-        at=now,
+        change,
+        entry_type=LedgerEntryType.CREDIT_NOTE,
+        now=now,
+        credit_note_id=note.id,
     )
 
 
@@ -374,3 +366,4 @@ def _apply_to_own_invoice(
         update(CreditNote).where(CreditNote.id == note.id).values(unapplied=note.amount - take)
     )
     session.flush()
+    mark_settled(session, [invoice.id], now=now)

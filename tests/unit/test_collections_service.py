@@ -94,6 +94,15 @@ def _applied(session, invoice: Invoice) -> Decimal:
     )
 
 
+def _settled_marks_agree(session) -> None:
+    """`settled_at` is set exactly on the issued invoices nothing is left due on."""
+    issued = select(Invoice).where(Invoice.status == "issued")
+    for invoice in session.scalars(issued.execution_options(populate_existing=True)):
+        assert (invoice.settled_at is not None) == (_applied(session, invoice) >= invoice.total), (
+            invoice.number
+        )
+
+
 def _pay(session, customer, amount, when, key):
     result = record_payment(session, payment_payload(customer, amount, when, key), now=when)
     assert result["status"] == "recorded", result
@@ -121,6 +130,7 @@ def test_a_payment_pays_the_older_invoice_first_and_the_rest_waits_for_the_next(
         (may.id, D("15.00"))
     ]
     assert balance_mismatches(session) == []
+    _settled_marks_agree(session)
 
 
 def test_a_replayed_payment_applies_nothing_twice(session) -> None:
@@ -159,6 +169,7 @@ def test_a_zero_invoice_is_paid_and_a_prepaid_invoice_is_paid_from_funds(session
     ).one()
     assert (tax.amount, tax.balance_after) == (D("-4.00"), D("56.00"))
     assert balance_mismatches(session) == []
+    _settled_marks_agree(session)
 
 
 def _steps(session, invoice) -> list[tuple[str, bool]]:
@@ -217,6 +228,7 @@ def test_the_ladder_runs_once_per_step_and_payment_resumes_a_suspended_customer(
         .order_by(Notification.id)
     ).all()
     assert topics == ["invoice", "reminder:3", "overdue_notice", "suspend", "resume"]
+    _settled_marks_agree(session)
 
 
 def test_corrections_void_reissue_and_credit_notes(session) -> None:
@@ -267,6 +279,7 @@ def test_corrections_void_reissue_and_credit_notes(session) -> None:
     assert _applied(session, april) == D("10.00")
     assert session.scalar(select(func.sum(CreditNote.unapplied))) == 0
     assert balance_mismatches(session) == []
+    _settled_marks_agree(session)
 
 
 def test_the_charges_of_a_void_invoice_wait_for_its_replacement(session) -> None:
