@@ -17,8 +17,9 @@ outage catches up and two runs at once are harmless:
 
 Steps: a reminder and the overdue notice write an e-mail to the outbox for each address of
 the class's notification list; `suspend` blocks the customer for reason `overdue` (apart
-from any credit-limit block) and `terminate` sets its status to `terminated`, each with
-its e-mail. A reminder no longer worth sending (the invoice is already overdue) is recorded
+from any credit-limit block) and `terminate` closes the customer at once with its final
+invoice (`tasks.customer_close`) and sets its status to `terminated`, each with its
+e-mail. A reminder no longer worth sending (the invoice is already overdue) is recorded
 without an e-mail.
 
 Commits once per batch of customers (`batch_size`), so a long catch-up keeps its progress.
@@ -48,12 +49,15 @@ from models import (
     Invoice,
     InvoiceStatus,
     Payment,
+    Reseller,
 )
 from models.collections_rules import CollectionPolicy, DueStep, StepKind, steps_due
 from models.invoicing_rules import format_long_date, format_money
 from tasks.base import BillingTask, database_clock
 from tasks.blocks import block
 from tasks.closing import parse_as_of
+from tasks.customer_close import CloseStatus, close_customer
+from tasks.customer_history import Change, record_changes
 from tasks.notifications import queue_mailing_after_commit
 from tasks.settlement import (
     apply_credit,
@@ -262,17 +266,34 @@ def _take(
         block(session, customer, BlockReason.OVERDUE, at=now, note=note)
         summary.suspended += 1
     elif kind is StepKind.TERMINATE:
-        session.execute(
-            update(Customer)
-            .where(Customer.id == customer.id)
-            .values(status=CustomerStatus.TERMINATED)
-        )
-        customer.status = CustomerStatus.TERMINATED
+        _terminate(session, customer, row.number, now)
         summary.terminated += 1
     subject, body = _message(kind, row, customer, left)
     summary.notifications += notify(
         session, row.id, due.step.name, subject=subject, body=body, now=now
     )
+
+
+def _terminate(session: Session, customer: Customer, number: int, now: dt.datetime) -> None:
+    """Close the customer now with its final invoice (the fees engineer's customer close:
+    usage and fees up to now), then mark it terminated, with both in its history."""
+    if customer.status == CustomerStatus.ACTIVE:
+        reseller = session.scalar(select(Reseller.name).where(Reseller.id == customer.reseller_id))
+        closed = close_customer(
+            session, reseller=reseller, name=customer.name, at=now, now=now, clock_skew=_NO_SKEW
+        )
+        if closed.status is CloseStatus.REFUSED:  # cannot happen for an active customer now
+            raise RuntimeError(f"closing {customer.name!r} to terminate it: {closed.as_json()}")
+    before = customer.status
+    session.execute(
+        update(Customer).where(Customer.id == customer.id).values(status=CustomerStatus.TERMINATED)
+    )
+    customer.status = CustomerStatus.TERMINATED
+    change = Change("status", before, CustomerStatus.TERMINATED.value, now)
+    record_changes(session, customer.id, [change], now=now, request_id=f"collections:{number}")
+
+
+_NO_SKEW = dt.timedelta(0)
 
 
 def _resume_cleared(session: Session, summary: CollectionsSummary, now: dt.datetime) -> None:

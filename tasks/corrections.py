@@ -60,6 +60,7 @@ from models.money import MoneyError, parse_amount
 from models.plans import SubscriptionFee
 from tasks.balances import apply_balance_change
 from tasks.invoicing import generate_invoices
+from tasks.queries import ResellerRef, resolve_reseller
 from tasks.settlement import (
     applied_sum,
     apply_credit,
@@ -96,16 +97,16 @@ def _refused(field: str | None, code: str, message: str) -> CorrectionResult:
 
 
 def _find(
-    session: Session, reseller: str, number: int
-) -> tuple[Reseller, Invoice] | CorrectionResult:
-    found = session.scalars(select(Reseller).where(Reseller.name == reseller)).one_or_none()
-    if found is None:
-        return _refused("reseller", "unknown_reseller", f"no reseller {reseller!r}")
+    session: Session, reseller: str | None, number: int
+) -> tuple[ResellerRef, Invoice] | CorrectionResult:
+    found = resolve_reseller(session, reseller)
+    if isinstance(found, Problem):
+        return CorrectionResult(CorrectionStatus.REFUSED, (found,))
     invoice = session.scalars(
         select(Invoice).where(Invoice.reseller_id == found.id, Invoice.number == number)
     ).one_or_none()
     if invoice is None:
-        return _refused("number", "unknown_invoice", f"{reseller!r} has no invoice {number}")
+        return _refused("number", "unknown_invoice", f"{found.name!r} has no invoice {number}")
     return found, invoice
 
 
@@ -123,7 +124,7 @@ def _relock(session: Session, invoice: Invoice) -> Invoice:
 
 
 def void_invoice(
-    session: Session, *, reseller: str, number: int, reason: str, now: dt.datetime
+    session: Session, *, reseller: str | None, number: int, reason: str, now: dt.datetime
 ) -> CorrectionResult:
     """Void an unpaid issued invoice; its charges and period wait for a reissue."""
     reason = reason.strip()
@@ -181,7 +182,7 @@ def void_invoice(
 
 
 def reissue_invoice(
-    session: Session, *, reseller: str, number: int, now: dt.datetime
+    session: Session, *, reseller: str | None, number: int, now: dt.datetime
 ) -> CorrectionResult:
     """Issue the replacement of void invoice NUMBER for the same period, with a new number."""
     found = _find(session, reseller, number)
@@ -238,7 +239,7 @@ def reissue_invoice(
 def credit_invoice(
     session: Session,
     *,
-    reseller: str,
+    reseller: str | None,
     number: int,
     amount: str,
     reason: str,

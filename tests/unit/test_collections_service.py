@@ -35,6 +35,7 @@ from tests.invoicing_factories import (
     billing_customer,
     charge_payload,
     close_period,
+    local_midnight,
     payment_payload,
 )
 from worker.db import make_engine
@@ -328,3 +329,38 @@ def test_a_void_invoice_s_fees_are_billed_again_on_its_replacement(session, monk
     assert reissued["total"] == "31.00"
     fees = session.execute(select(SubscriptionFee.invoice_id, SubscriptionFee.amount)).all()
     assert [tuple(f) for f in fees] == [(reissued["invoice_id"], D("31.00"))]
+
+
+def test_termination_closes_the_customer_with_a_final_period(session) -> None:
+    """M days overdue: the customer is closed at the run's instant (its last period cut
+    there, for the final invoice) and marked terminated, once."""
+    from models import CustomerChange
+
+    customer = billing_customer(session, created=MAR1, period_end=APR1, class_fields=POLICY)
+    _invoice(session, customer, MAR1, APR1, "30.00")  # due Apr 11, overdue Apr 12
+    # The factory leaves the current period at March; the closer would have moved it on.
+    customer = session.get(Customer, customer.id)
+    customer.current_period_start = local_midnight(APR1, "UTC")
+    customer.current_period_end = local_midnight(MAY1, "UTC")
+    session.flush()
+
+    when = at(dt.date(2026, 5, 3))  # Apr 12 + 20 days = May 2
+    summary = run_collections(session, now=when)
+    again = run_collections(session, now=when + dt.timedelta(days=1))
+
+    assert (summary.terminated, again.terminated) == (1, 0)
+    stored = session.get(Customer, customer.id)
+    session.refresh(stored)
+    assert (stored.status, stored.closed_at) == ("terminated", when)
+    last = session.scalars(
+        select(ClosedPeriod)
+        .where(ClosedPeriod.customer_id == customer.id)
+        .order_by(ClosedPeriod.period_start.desc())
+    ).first()
+    assert (last.period_start, last.period_end) == (local_midnight(MAY1, "UTC"), when)
+    history = session.scalars(
+        select(CustomerChange.new_value).where(
+            CustomerChange.customer_id == customer.id, CustomerChange.field == "status"
+        )
+    ).all()
+    assert history == ["closed", "terminated"]
