@@ -136,6 +136,8 @@ def show_invoice(number: int, reseller: str | None, html_path: Path | None, as_j
     from models import Invoice, InvoiceLine, Reseller
     from models.invoicing_rules import format_rate
     from models.money import round_money
+    from tasks.base import database_clock
+    from tasks.statements import standings
 
     query = _query().where(Invoice.number == number)
     if reseller:
@@ -151,6 +153,9 @@ def show_invoice(number: int, reseller: str | None, html_path: Path | None, as_j
             )
         invoice, customer_name, reseller_name = rows[0]
         item = _as_dict(invoice, customer_name, reseller_name)
+        standing = standings(session, [invoice], at=database_clock(session)).get(invoice.id)
+        if standing is not None:
+            item |= standing.as_json(invoice.currency)
         item["lines"] = [
             {
                 "description": line.description,
@@ -177,6 +182,8 @@ def show_invoice(number: int, reseller: str | None, html_path: Path | None, as_j
     click.echo(f"  subtotal {item['subtotal']} {item['currency']}")
     click.echo(f"  {item['tax_name']} ({format_rate(Decimal(item['tax_rate']))}) {item['tax']}")
     click.echo(f"  total {item['total']} {item['currency']}")
+    if "state" in item:
+        click.echo(f"  {item['state']}: {item['amount_due']} {item['currency']} due")
     if html_path is not None:
         click.echo(f"document written to {html_path}")
 
