@@ -28,23 +28,21 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models import BalanceControl, Charge, Customer, CustomerStatus, LedgerEntry, Payment
 from models.invoicing_rules import (
-    BalanceChange,
     Refusal,
     apply_charge,
     apply_payment,
-    balance_block_reason,
     is_blocked,
 )
 from models.money import money_text, round_money
 from models.movements import Movement, MovementKind, parse_movement
 from models.validation import DEFAULT_CLOCK_SKEW_SECONDS, Problem, iso_utc
+from tasks.balances import apply_balance_change
 from tasks.base import BillingTask, utcnow
-from tasks.blocks import set_blocked
 from tasks.settlement import apply_credit
 from worker.celery_app import app
 from worker.config import settings
@@ -91,35 +89,6 @@ def _insert(session: Session, model: type[Charge] | type[Payment], values: dict[
         .returning(model.id)
     )
     return session.execute(statement).scalar_one_or_none()
-
-
-def _apply(
-    session: Session,
-    customer: Customer,
-    change: BalanceChange,
-    *,
-    entry_type: str,
-    now: dt.datetime,
-    charge_id: int | None = None,
-    payment_id: int | None = None,
-) -> None:
-    session.execute(
-        update(Customer).where(Customer.id == customer.id).values(balance=change.balance_after)
-    )
-    reason = balance_block_reason(customer.balance_control)
-    set_blocked(session, customer, reason, change.blocked_after, at=now)
-    session.add(
-        LedgerEntry(
-            customer_id=customer.id,
-            entry_type=entry_type,
-            amount=change.delta,
-            balance_after=change.balance_after,
-            charge_id=charge_id,
-            payment_id=payment_id,
-            created_at=now,
-        )
-    )
-    session.flush()
 
 
 def _closed_refusal(customer: Customer) -> Problem:
@@ -275,7 +244,9 @@ def _record(
     )
     if row_id is None:  # cannot happen under the row lock; the constraint has the last word
         raise RuntimeError(f"{kind} key {data.idempotency_key!r} inserted concurrently")
-    _apply(session, customer, decision, entry_type=kind, now=now, **{f"{kind}_id": row_id})
+    apply_balance_change(
+        session, customer, decision, entry_type=kind, now=now, **{f"{kind}_id": row_id}
+    )
     if not is_charge and postpaid:
         apply_credit(session, customer, now=now)
     # `blocked` is the customer's state after the change: a payment that clears the credit
