@@ -11,6 +11,7 @@ import click
 from sqlalchemy import select
 
 from models.collections_rules import InvoiceState
+from worker.cli._common import LIMIT, ROW_ID, SECONDS, check_output_paths, prepare_producer
 from worker.cli._reseller import customer_or_fail, reseller_option, reseller_or_fail
 from worker.db import unit_of_work
 
@@ -72,7 +73,9 @@ STATES = tuple(s.value for s in InvoiceState)
     type=click.Choice(STATES),
     help="Only invoices in this state now (overdue: unpaid past the local due day).",
 )
-@click.option("--limit", default=100, show_default=True, help="At most this many, newest first.")
+@click.option(
+    "--limit", default=100, show_default=True, type=LIMIT, help="At most this many, newest first."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_invoices(
     customer: str | None, reseller: str | None, status: str | None, limit: int, as_json: bool
@@ -128,7 +131,7 @@ def list_invoices(
 
 
 @invoices.command("show")
-@click.argument("number", type=int)
+@click.argument("number", type=ROW_ID)
 @reseller_option
 @click.option(
     "--html",
@@ -162,8 +165,11 @@ def show_invoice(
     from models import Invoice, InvoiceLine
     from models.invoicing_rules import format_rate
     from models.money import round_money
+    from tasks.base import database_clock
     from tasks.invoice_documents import load_invoice_view
+    from tasks.statements import standings
 
+    check_output_paths(html_path, pdf_path, xml_path)
     with unit_of_work() as session:
         ref = reseller_or_fail(session, reseller)
         row = session.execute(
@@ -173,6 +179,9 @@ def show_invoice(
             raise click.ClickException(f"reseller {ref.name!r} has no invoice number {number}")
         invoice, customer_name, reseller_name = row
         item = _as_dict(invoice, customer_name, reseller_name)
+        standing = standings(session, [invoice], at=database_clock(session)).get(invoice.id)
+        if standing is not None:
+            item |= standing.as_json(invoice.currency)
         item["lines"] = [
             {
                 "description": line.description,
@@ -198,6 +207,8 @@ def show_invoice(
     click.echo(f"  subtotal {item['subtotal']} {item['currency']}")
     click.echo(f"  {item['tax_name']} ({format_rate(Decimal(item['tax_rate']))}) {item['tax']}")
     click.echo(f"  total {item['total']} {item['currency']}")
+    if "state" in item:
+        click.echo(f"  {item['state']}: {item['amount_due']} {item['currency']} due")
     for path in written:
         click.echo(f"document written to {path}")
 
@@ -237,9 +248,9 @@ def _write_documents(
 
 
 @invoices.command("generate")
-@click.argument("closed_period_ids", nargs=-1, type=int, required=True)
+@click.argument("closed_period_ids", nargs=-1, type=ROW_ID, required=True)
 @click.option("--wait", is_flag=True, help="Wait for the worker's summary and print it.")
-@click.option("--timeout", default=300.0, show_default=True)
+@click.option("--timeout", default=300.0, show_default=True, type=SECONDS)
 def generate(closed_period_ids: tuple[int, ...], wait: bool, timeout: float) -> None:
     """Queue invoice generation for CLOSED_PERIOD_IDS (safe to repeat: nothing is doubled).
 
@@ -247,6 +258,7 @@ def generate(closed_period_ids: tuple[int, ...], wait: bool, timeout: float) -> 
     from tasks.base import WorkFailed
     from tasks.invoicing import generate_invoices_task
 
+    prepare_producer(generate_invoices_task.app, wait=wait)
     result = generate_invoices_task.apply_async(args=[list(closed_period_ids)])
     if not wait:
         click.echo(f"queued {result.id}")
