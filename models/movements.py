@@ -76,9 +76,9 @@ def _description(raw: str) -> str:
 class _Payload(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    reseller: Annotated[str, _text("reseller", MAX_CUSTOMER_NAME_LENGTH)] | None = None
     customer: CustomerName | None = None
     customer_id: RowId | None = None
+    reseller: Annotated[str, _text("reseller", MAX_CUSTOMER_NAME_LENGTH)] | None = None
     amount: str | int  # parsed exactly once the currency is known
     currency: str
     idempotency_key: IdempotencyKey
