@@ -17,18 +17,22 @@ from models.billing import (
 )
 from models.catalog import BusinessModel, CustomerClass, Reseller
 from models.closed_period import ClosedPeriod
+from models.collections import ApplicationSource, CollectionStep, CreditNote, InvoiceApplication
 from models.customer import BalanceControl, BlockReason, Customer, CustomerBlock, CustomerStatus
 from models.customer_history import CustomerChange
 from models.dead_letter import DeadLetter
 from models.plans import Plan, PlanFee, Subscription, SubscriptionFee
 
 __all__ = [
+    "ApplicationSource",
     "BalanceControl",
     "Base",
     "BlockReason",
     "BusinessModel",
     "Charge",
     "ClosedPeriod",
+    "CollectionStep",
+    "CreditNote",
     "Customer",
     "CustomerBlock",
     "CustomerChange",
@@ -36,6 +40,7 @@ __all__ = [
     "CustomerStatus",
     "DeadLetter",
     "Invoice",
+    "InvoiceApplication",
     "InvoiceLine",
     "InvoiceStatus",
     "LedgerEntry",

@@ -1,4 +1,8 @@
-"""Money that moves: charges, payments, the balance ledger, invoices and their notifications."""
+"""Money that moves: charges, payments, the balance ledger, invoices and their notifications.
+
+Collections (what is applied to invoices, credit notes, collection steps) are in
+`models.collections`.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from decimal import Decimal
 from enum import StrEnum
 
 from sqlalchemy import (
+    Boolean,
     CheckConstraint,
     Date,
     ForeignKey,
@@ -15,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     func,
     text,
 )
@@ -34,13 +40,17 @@ class LedgerEntryType(StrEnum):
     OPENING = "opening"  # initial prepaid funds
     CHARGE = "charge"
     PAYMENT = "payment"
+    CREDIT_NOTE = "credit_note"
+    INVOICE_TAX = "invoice_tax"  # a prepaid invoice's tax, taken from the funds at issue
 
 
 class InvoiceStatus(StrEnum):
-    """Where an invoice is in its generation (payment states extend this list)."""
+    """Where an invoice is in its generation; what it asks for (paid, overdue, …) is
+    derived, not stored (`models.collections_rules`)."""
 
     GENERATING = "generating"  # claimed by a generator, not yet numbered
     ISSUED = "issued"  # numbered, rendered and final
+    VOID = "void"  # voided by a correction; its period may be invoiced again
 
 
 class NotificationStatus(StrEnum):
@@ -53,6 +63,10 @@ class NotificationStatus(StrEnum):
 
 # Partial-index condition (PostgreSQL and SQLite both support it).
 _PENDING = text(f"status = '{NotificationStatus.PENDING.value}'")
+# A void invoice no longer counts: at most one live invoice per closed period.
+LIVE_INVOICE = text(f"status <> '{InvoiceStatus.VOID.value}'")
+_LIVE_LINE = text("NOT void")
+_UNAPPLIED = text("unapplied > 0")
 
 
 class Charge(Base):
@@ -81,12 +95,24 @@ class Charge(Base):
 
 
 class Payment(Base):
-    """A payment (postpaid) or top-up (prepaid). Idempotent per (customer, key)."""
+    """A payment (postpaid) or top-up (prepaid). Idempotent per (customer, key).
+
+    `unapplied` is the part of a postpaid payment not yet applied to an invoice: the
+    customer's credit, applied to the next invoice issued. A prepaid top-up is funds, not
+    credit, and is never applied (its `unapplied` is 0).
+    """
 
     __tablename__ = "payments"
     __table_args__ = (
         UniqueConstraint("customer_id", "idempotency_key"),
         CheckConstraint("amount > 0", name="amount_positive"),
+        CheckConstraint("unapplied >= 0 AND unapplied <= amount", name="unapplied_in_range"),
+        Index(
+            "ix_payments_unapplied",
+            "customer_id",
+            postgresql_where=_UNAPPLIED,
+            sqlite_where=_UNAPPLIED,
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
@@ -97,6 +123,7 @@ class Payment(Base):
     description: Mapped[str] = mapped_column(String(500), default="")
     idempotency_key: Mapped[str] = mapped_column(String(200))
     recorded_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    unapplied: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0), server_default="0")
 
 
 class LedgerEntry(Base):
@@ -104,7 +131,8 @@ class LedgerEntry(Base):
 
     `amount` is the signed change to `customers.balance` in its own convention (see
     Customer); `balance_after` is the balance once this entry applied. `entry_type` is
-    `opening` (initial prepaid funds), `charge` or `payment`.
+    `opening` (initial prepaid funds), `charge`, `payment`, `credit_note`, or
+    `invoice_tax` (a prepaid invoice's tax, taken from the funds when it is issued).
     """
 
     __tablename__ = "ledger_entries"
@@ -120,14 +148,18 @@ class LedgerEntry(Base):
     balance_after: Mapped[Decimal] = mapped_column(Money())
     charge_id: Mapped[int | None] = mapped_column(ForeignKey("charges.id"), unique=True)
     payment_id: Mapped[int | None] = mapped_column(ForeignKey("payments.id"), unique=True)
+    credit_note_id: Mapped[int | None] = mapped_column(ForeignKey("credit_notes.id"), unique=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
 
 class Invoice(Base):
-    """One invoice per closed period, enforced by the database.
+    """One live invoice per closed period, enforced by the database (a partial unique index:
+    a void invoice and its replacement share the period).
 
     `number` is null while the invoice is `generating` and is taken from the reseller's
-    gapless counter in the transaction that issues it.
+    gapless counter in the transaction that issues it. Issued invoices are never edited:
+    voiding one sets `status = 'void'`, `voided_at` and `void_reason`; its replacement
+    (`replaces_invoice_id`) is a new invoice with a new number.
     """
 
     __tablename__ = "invoices"
@@ -138,10 +170,18 @@ class Invoice(Base):
             f"status = '{InvoiceStatus.GENERATING.value}' OR number IS NOT NULL",
             name="issued_numbered",
         ),
+        CheckConstraint("(status = 'void') = (voided_at IS NOT NULL)", name="void_dated"),
+        Index(
+            "uq_invoices_live_closed_period",
+            "closed_period_id",
+            unique=True,
+            postgresql_where=LIVE_INVOICE,
+            sqlite_where=LIVE_INVOICE,
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
-    closed_period_id: Mapped[int] = mapped_column(ForeignKey("closed_periods.id"), unique=True)
+    closed_period_id: Mapped[int] = mapped_column(ForeignKey("closed_periods.id"))
     customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
     reseller_id: Mapped[int] = mapped_column(ForeignKey("resellers.id"))
     number: Mapped[int | None] = mapped_column(Integer)
@@ -163,27 +203,48 @@ class Invoice(Base):
         UTCDateTime(), server_default=func.current_timestamp()
     )
     issued_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    voided_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    void_reason: Mapped[str | None] = mapped_column(Text)
+    replaces_invoice_id: Mapped[int | None] = mapped_column(ForeignKey("invoices.id"))
 
 
 class InvoiceLine(Base):
+    """A line of an invoice. A charge is on at most one live line; the lines of a void
+    invoice keep their charge (`void` is set) as the record of what it said."""
+
     __tablename__ = "invoice_lines"
+    __table_args__ = (
+        Index(
+            "uq_invoice_lines_live_charge",
+            "charge_id",
+            unique=True,
+            postgresql_where=_LIVE_LINE,
+            sqlite_where=_LIVE_LINE,
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
     invoice_id: Mapped[int] = mapped_column(ForeignKey("invoices.id"), index=True)
-    charge_id: Mapped[int | None] = mapped_column(ForeignKey("charges.id"), unique=True)
+    charge_id: Mapped[int | None] = mapped_column(ForeignKey("charges.id"))
     # A recurring fee's line (models.plans.SubscriptionFee), once per fee.
     fee_id: Mapped[int | None] = mapped_column(ForeignKey("subscription_fees.id"), unique=True)
+    void: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     description: Mapped[str] = mapped_column(String(500))
     amount: Mapped[Decimal] = mapped_column(Money())
     occurred_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
 
 class Notification(Base):
-    """Outbox row: an e-mail a mailer must send about an invoice, once per recipient."""
+    """Outbox row: an e-mail a mailer must send about an invoice, once per topic and recipient.
+
+    `topic` is `invoice` for the invoice itself (its document goes with it), a collection
+    step's name (`reminder:7`, `overdue_notice`, `suspend`, `terminate`, `resume`), or
+    `credit_note:<number>`.
+    """
 
     __tablename__ = "notifications"
     __table_args__ = (
-        UniqueConstraint("invoice_id", "recipient"),
+        UniqueConstraint("invoice_id", "topic", "recipient"),
         CheckConstraint(_one_of("status", NotificationStatus), name="status_known"),
         Index(
             "ix_notifications_pending",
@@ -195,6 +256,7 @@ class Notification(Base):
 
     id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
     invoice_id: Mapped[int] = mapped_column(ForeignKey("invoices.id"))
+    topic: Mapped[str] = mapped_column(String(40), default="invoice", server_default="invoice")
     recipient: Mapped[str] = mapped_column(String(320))
     subject: Mapped[str] = mapped_column(String(300))
     body_text: Mapped[str] = mapped_column(Text)

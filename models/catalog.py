@@ -9,10 +9,11 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, Integer, String, Text, func
+from sqlalchemy import JSON, Boolean, CheckConstraint, Integer, String, Text, false, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, BigIntKey, Rate, UTCDateTime
+from models.collections_rules import CollectionPolicy
 
 
 class Reseller(Base):
@@ -26,6 +27,8 @@ class Reseller(Base):
     # The last invoice number handed out. Taken with `UPDATE … RETURNING` inside the
     # transaction that finalizes the invoice, so a rollback gives the number back.
     last_invoice_number: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Credit notes have their own gapless sequence, taken the same way.
+    last_credit_note_number: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[dt.datetime] = mapped_column(
         UTCDateTime(), server_default=func.current_timestamp()
     )
@@ -47,12 +50,23 @@ class CustomerClass(Base):
 
     `custom_fields` is a list of `{"name": str, "type": str, "mandatory": bool}`; `type` is
     one of `models.intake.CUSTOM_FIELD_TYPES`.
+
+    The collection policy (`models.collections_rules.CollectionPolicy`): `reminder_days`
+    (days before the due date), `overdue_notice`, `suspend_after_days` and
+    `terminate_after_days` (days overdue); the defaults (none, false, null, null) do nothing.
     """
 
     __tablename__ = "customer_classes"
     __table_args__ = (
         CheckConstraint("grace_period_days >= 0", name="grace_period_non_negative"),
         CheckConstraint("tax_rate >= 0", name="tax_rate_non_negative"),
+        CheckConstraint(
+            "suspend_after_days IS NULL OR suspend_after_days >= 0", name="suspend_non_negative"
+        ),
+        CheckConstraint(
+            "terminate_after_days IS NULL OR terminate_after_days >= 0",
+            name="terminate_non_negative",
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
@@ -63,3 +77,15 @@ class CustomerClass(Base):
     tax_rate: Mapped[Decimal] = mapped_column(Rate(), default=Decimal(0))
     notification_emails: Mapped[list[str]] = mapped_column(JSON, default=list)
     custom_fields: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    reminder_days: Mapped[list[int]] = mapped_column(JSON, default=list)
+    overdue_notice: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    suspend_after_days: Mapped[int | None] = mapped_column(Integer)
+    terminate_after_days: Mapped[int | None] = mapped_column(Integer)
+
+    def collection_policy(self) -> CollectionPolicy:
+        return CollectionPolicy(
+            reminder_days=tuple(self.reminder_days or ()),
+            overdue_notice=self.overdue_notice,
+            suspend_after_days=self.suspend_after_days,
+            terminate_after_days=self.terminate_after_days,
+        )

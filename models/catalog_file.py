@@ -20,6 +20,11 @@ Pure parsing and validation, no I/O: `parse_catalog(text)` returns a `CatalogFil
         notification_emails: [billing@acme.example]
         custom_fields:
           - {name: tax_code, type: string, mandatory: true}
+        collection:                   # optional; each field optional, defaults do nothing
+          reminder_days: [7, 1]       # reminders that many days before the due date
+          overdue_notice: true        # a notice when the invoice becomes overdue
+          suspend_after_days: 10      # block (reason overdue) this many days overdue
+          terminate_after_days: 60    # terminate the customer this many days overdue
 
 Each section is optional. `tax_rate` is best written as a string; a plain YAML/JSON number
 is accepted and read as the digits it was written with (0.2 is "0.2", never a binary float).
@@ -34,7 +39,15 @@ from decimal import Decimal
 from typing import Annotated, Any, Final
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from models.intake import (
@@ -152,6 +165,29 @@ class CustomFieldSpec(_Strict):
         return CustomField(self.name, self.type, self.mandatory)
 
 
+class CollectionSpec(_Strict):
+    """The class's collection policy (models.collections_rules.CollectionPolicy)."""
+
+    reminder_days: Annotated[list[Annotated[int, Field(ge=0, le=365)]], Field(max_length=10)] = []
+    overdue_notice: bool = False
+    suspend_after_days: Annotated[int, Field(ge=0, le=3650)] | None = None
+    terminate_after_days: Annotated[int, Field(ge=0, le=3650)] | None = None
+
+    @model_validator(mode="after")
+    def _in_order(self) -> CollectionSpec:
+        if len(set(self.reminder_days)) != len(self.reminder_days):
+            raise PydanticCustomError("duplicate", "reminder_days lists a day twice")
+        if (
+            self.suspend_after_days is not None
+            and self.terminate_after_days is not None
+            and self.terminate_after_days < self.suspend_after_days
+        ):
+            raise PydanticCustomError(
+                "out_of_order", "terminate_after_days must not come before suspend_after_days"
+            )
+        return self
+
+
 class CustomerClassSpec(_Strict):
     name: Name
     grace_period_days: Annotated[int, Field(ge=0, le=3650)] = 0
@@ -164,6 +200,7 @@ class CustomerClassSpec(_Strict):
         list[Annotated[str, Field(max_length=320), AfterValidator(_email)]], Field(max_length=50)
     ] = []
     custom_fields: Annotated[list[CustomFieldSpec], Field(max_length=100)] = []
+    collection: CollectionSpec = CollectionSpec()
 
     def custom_fields_json(self) -> list[dict[str, Any]]:
         return [f.as_custom_field().as_json() for f in self.custom_fields]

@@ -40,6 +40,9 @@ class ClosedPeriod(Base):
     in `invoice_error`); each failure pushes its next re-queue further away, and after
     `MAX_INVOICE_ATTEMPTS` reconcile leaves it to an operator (`billing periods list
     --failed`).
+    Voiding its invoice (`tasks.corrections`) leaves `invoiced` true: the period waits for
+    the operator's reissue, so neither reconcile nor a stray message regenerates it, and its
+    released charges wait for the replacement rather than move to a later invoice.
     """
 
     __tablename__ = "closed_periods"

@@ -44,6 +44,10 @@ def _customer_class_row(spec: Any) -> dict[str, Any]:
         "tax_rate": spec.tax_rate,
         "notification_emails": list(spec.notification_emails),
         "custom_fields": spec.custom_fields_json(),
+        "reminder_days": sorted(spec.collection.reminder_days, reverse=True),
+        "overdue_notice": spec.collection.overdue_notice,
+        "suspend_after_days": spec.collection.suspend_after_days,
+        "terminate_after_days": spec.collection.terminate_after_days,
     }
 
 

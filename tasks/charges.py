@@ -6,6 +6,9 @@ charges for one customer queue behind each other and no update is lost. The bala
 rules (credit limit, available funds, blocking) are in `models.invoicing_rules`; the block
 they decide goes through `tasks.blocks` as reason `credit_limit` or `no_funds`.
 
+A postpaid payment is applied to the customer's open invoices, oldest due first; the rest
+is credit for the next invoice (`tasks.settlement`).
+
 Idempotency: one charge (payment) per (customer, idempotency key), enforced by a unique
 constraint. A replayed key returns the original outcome and writes nothing; a key reused
 with a different amount or instant is refused (`idempotency_conflict`). A refused charge
@@ -29,7 +32,7 @@ from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from models import Charge, Customer, CustomerStatus, LedgerEntry, Payment
+from models import BalanceControl, Charge, Customer, CustomerStatus, LedgerEntry, Payment
 from models.invoicing_rules import (
     BalanceChange,
     Refusal,
@@ -41,6 +44,7 @@ from models.invoicing_rules import (
 from models.money import MoneyError, check_currency, parse_amount, round_money
 from tasks.base import BillingTask, utcnow
 from tasks.blocks import set_blocked
+from tasks.settlement import apply_credit
 from worker.celery_app import app
 from worker.db import dialect_insert, unit_of_work
 
@@ -293,6 +297,7 @@ def _record(session: Session, kind: str, payload: object, *, now: dt.datetime) -
         return refused(
             _error("customer", "customer_inactive", f"{customer.name!r} is {customer.status}")
         )
+    postpaid = customer.balance_control == BalanceControl.POSTPAID
     decide = apply_charge if is_charge else apply_payment
     decision = decide(customer.balance_control, customer.balance, customer.credit_limit, amount)
     if isinstance(decision, Refusal):
@@ -308,11 +313,15 @@ def _record(session: Session, kind: str, payload: object, *, now: dt.datetime) -
             "description": data.description,
             "idempotency_key": data.idempotency_key,
             "recorded_at": now,
+            # A postpaid payment is credit until applied to invoices (tasks.settlement).
+            **({} if is_charge else {"unapplied": amount if postpaid else Decimal(0)}),
         },
     )
     if row_id is None:  # cannot happen under the row lock; the constraint has the last word
         raise RuntimeError(f"{kind} key {data.idempotency_key!r} inserted concurrently")
     _apply(session, customer, decision, entry_type=kind, now=now, **{f"{kind}_id": row_id})
+    if not is_charge and postpaid:
+        apply_credit(session, customer, now=now)
     # `blocked` is the customer's state after the change: a payment that clears the credit
     # limit leaves a customer suspended for another reason (overdue, operator) blocked.
     return _outcome(kind, row_id, customer, amount, None) | {

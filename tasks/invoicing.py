@@ -26,6 +26,9 @@ the wrong invoice.
 Notifications: each issued invoice writes one outbox row per address of the class's
 notification list (unique per invoice and recipient); `tasks/notifications.py` mails them.
 
+Settlement: once a batch is issued, `tasks.settlement.settle_issued` pays its prepaid
+invoices from funds and applies any postpaid customer's credit (see that module).
+
 Tax is computed on the subtotal (see `models.invoicing_rules`). The issue date is the local
 date of `now` in the period's billing timezone; due date = issue date + the class's grace
 period.
@@ -58,6 +61,7 @@ from models import (
     NotificationStatus,
     Reseller,
 )
+from models.billing import LIVE_INVOICE
 from models.intake import Problem
 from models.invoicing_rules import (
     Totals,
@@ -73,6 +77,7 @@ from models.invoicing_rules import (
 from tasks.base import BillingTask, WorkFailed, database_clock, is_transient
 from tasks.fees import ClosedPeriodFees, bill_fees
 from tasks.notifications import queue_mailing_after_commit
+from tasks.settlement import settle_issued
 from worker.celery_app import app
 from worker.config import settings
 from worker.db import dialect_insert, unit_of_work
@@ -230,7 +235,7 @@ def _claim_invoice(session: Session, period: _Period) -> tuple[int, bool] | None
             covered_from=covered_from,
             covered_to=covered_to,
         )
-        .on_conflict_do_nothing(index_elements=["closed_period_id"])
+        .on_conflict_do_nothing(index_elements=["closed_period_id"], index_where=LIVE_INVOICE)
         .returning(Invoice.id)
     ).scalar_one_or_none()
     if invoice_id is not None:
@@ -238,7 +243,7 @@ def _claim_invoice(session: Session, period: _Period) -> tuple[int, bool] | None
     # The invoice exists (committed: a concurrent insert made us wait for its outcome).
     existing = session.execute(
         select(Invoice.id, Invoice.status)
-        .where(Invoice.closed_period_id == period.closed_period_id)
+        .where(Invoice.closed_period_id == period.closed_period_id, LIVE_INVOICE)
         .with_for_update()
     ).one()
     return None if existing.status == InvoiceStatus.ISSUED else (int(existing.id), False)
@@ -246,12 +251,17 @@ def _claim_invoice(session: Session, period: _Period) -> tuple[int, bool] | None
 
 def _take_charges(session: Session, period: _Period, invoice_id: int) -> list[_Line]:
     """Attach the period's uninvoiced charges (and late ones, see module doc) to the invoice."""
+    # A period whose invoice was voided waits for its reissue (tasks.corrections) like
+    # an uninvoiced one: no live invoice.
+    awaiting_reissue = ~exists().where(
+        Invoice.closed_period_id == ClosedPeriod.id, Invoice.status != InvoiceStatus.VOID
+    )
     own_period_pending = exists().where(
         ClosedPeriod.customer_id == Charge.customer_id,
         ClosedPeriod.period_start <= Charge.occurred_at,
         ClosedPeriod.period_end > Charge.occurred_at,
         ClosedPeriod.id != period.closed_period_id,
-        ClosedPeriod.invoiced.is_(False),
+        or_(ClosedPeriod.invoiced.is_(False), awaiting_reissue),
     )
     # One statement claims and locks: UPDATE takes the row locks, and a row another
     # generator claimed meanwhile fails the re-checked `invoice_id IS NULL` and is skipped.
@@ -415,6 +425,7 @@ def _issue(session: Session, prepared: list[_Prepared], now: dt.datetime) -> lis
                 notification_rows.append(
                     {
                         "invoice_id": item.invoice_id,
+                        "topic": "invoice",
                         "recipient": recipient,
                         "subject": f"Invoice {number} from {period.reseller_name}",
                         "body_text": (
@@ -442,7 +453,9 @@ def _issue(session: Session, prepared: list[_Prepared], now: dt.datetime) -> lis
     if notification_rows:
         insert = dialect_insert(session)
         session.execute(
-            insert(Notification).on_conflict_do_nothing(index_elements=["invoice_id", "recipient"]),
+            insert(Notification).on_conflict_do_nothing(
+                index_elements=["invoice_id", "topic", "recipient"]
+            ),
             notification_rows,
         )
     return issued
@@ -641,6 +654,7 @@ def generate_invoices(
     todo = [periods[i] for i in sorted(periods) if not periods[i].invoiced]
     prepared, already_now, failed = _prepare_all(session, todo, now)
     invoices = _issue(session, prepared, now)
+    settle_issued(session, [i.invoice_id for i in invoices], now=now)
     _record_failures(session, failed, now, retry_after)
     return InvoicingResult(
         invoices=tuple(invoices),

@@ -86,7 +86,7 @@ def send_notifications(
         message["To"] = notification.recipient
         message["Subject"] = notification.subject
         message.set_content(notification.body_text)
-        if document:
+        if document and notification.topic == "invoice":  # reminders and notices: text only
             message.add_alternative(document, subtype="html")
         notification.attempts += 1
         try:

@@ -37,6 +37,7 @@ TASK_MODULES = [
     "tasks.customer_close",
     "tasks.customer_update",
     "tasks.customer_suspension",
+    "tasks.collections",
 ]
 
 TASK_ROUTES = {
@@ -47,6 +48,8 @@ TASK_ROUTES = {
     "billing.notifications.*": {"queue": "invoicing"},
     "billing.charges.*": {"queue": "charges"},
     "billing.payments.*": {"queue": "charges"},
+    # Periodic bookkeeping decided from the database, like the close.
+    "billing.collections.*": {"queue": "closing"},
 }
 
 
@@ -87,7 +90,8 @@ def celery_config(conf: Settings) -> dict[str, Any]:
 
 
 def beat_schedule(conf: Settings) -> dict[str, Any]:
-    """Beat only wakes the closer and the reconciler; each decides from the database."""
+    """Beat only wakes the closer, the reconciler and collections; each decides from the
+    database."""
     return {
         "close-due-periods": {
             "task": "billing.periods.close_due",
@@ -98,6 +102,11 @@ def beat_schedule(conf: Settings) -> dict[str, Any]:
             "task": "billing.periods.reconcile",
             "schedule": float(conf.reconcile_interval),
             "options": {"queue": "closing", "expires": float(conf.reconcile_interval)},
+        },
+        "collections": {
+            "task": "billing.collections.run",
+            "schedule": float(conf.collections_interval),
+            "options": {"queue": "closing", "expires": float(conf.collections_interval)},
         },
     }
 

@@ -93,6 +93,8 @@ class Settings:
     close_interval: int
     reconcile_interval: int
     reconcile_after: int
+    # Seconds between collection runs (tasks/collections.py).
+    collections_interval: int
     # Closed periods per invoice-generation message. Each message costs the close about a
     # millisecond to send; invoicing runs about 300 invoices a second per process, so 500
     # is ~2 s of work per task, far inside the time limit. Larger means fewer messages but
@@ -188,6 +190,7 @@ def load_settings() -> Settings:
         close_interval=_env_int("BILLING_CLOSE_INTERVAL", 300),
         reconcile_interval=_env_int("BILLING_RECONCILE_INTERVAL", 300),
         reconcile_after=_env_int("BILLING_RECONCILE_AFTER", 900, minimum=0),
+        collections_interval=_env_int("BILLING_COLLECTIONS_INTERVAL", 300),
         invoice_batch_size=_env_int("BILLING_INVOICE_BATCH", 500),
         close_batch_size=_env_int("BILLING_CLOSE_BATCH", 2000),
         clock_skew_seconds=_env_int("BILLING_CLOCK_SKEW", 120, minimum=0),

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.functional
 
 CREATED = dt.datetime(2026, 3, 1, 9, 0, tzinfo=dt.UTC)
 LAST_CHARGE = dt.datetime(2026, 3, 20, 17, 45, tzinfo=dt.UTC)
+FEB = dt.datetime(2026, 2, 1, tzinfo=dt.UTC)
 
 # The tables as revision 0001 wrote them, so the rows below do not depend on today's models.
 RESELLERS = sa.table("resellers", sa.column("id"), sa.column("name"), sa.column("display_name"))
@@ -67,6 +68,88 @@ LEDGER = sa.table(
     sa.column("balance_after", ExactDecimal(4)),
     sa.column("created_at", UTCDateTime()),
 )
+PERIODS = sa.table(
+    "closed_periods",
+    sa.column("id"),
+    sa.column("customer_id"),
+    sa.column("period_start", UTCDateTime()),
+    sa.column("period_end", UTCDateTime()),
+    sa.column("start_date", sa.Date()),
+    sa.column("end_date", sa.Date()),
+    sa.column("billing_period"),
+    sa.column("billing_timezone"),
+    sa.column("closed_at", UTCDateTime()),
+    sa.column("invoiced", sa.Boolean()),
+)
+INVOICES = sa.table(
+    "invoices",
+    sa.column("id"),
+    sa.column("closed_period_id"),
+    sa.column("customer_id"),
+    sa.column("reseller_id"),
+    sa.column("number"),
+    sa.column("status"),
+    sa.column("currency"),
+    sa.column("subtotal", ExactDecimal(4)),
+    sa.column("tax_name"),
+    sa.column("tax_rate", ExactDecimal(6)),
+    sa.column("tax", ExactDecimal(4)),
+    sa.column("total", ExactDecimal(4)),
+    sa.column("period_start", UTCDateTime()),
+    sa.column("period_end", UTCDateTime()),
+    sa.column("covered_from", sa.Date()),
+    sa.column("covered_to", sa.Date()),
+    sa.column("issue_date", sa.Date()),
+    sa.column("due_date", sa.Date()),
+    sa.column("issued_at", UTCDateTime()),
+)
+CHARGES = sa.table(
+    "charges",
+    sa.column("id"),
+    sa.column("customer_id"),
+    sa.column("amount", ExactDecimal(4)),
+    sa.column("currency"),
+    sa.column("occurred_at", UTCDateTime()),
+    sa.column("description"),
+    sa.column("idempotency_key"),
+    sa.column("recorded_at", UTCDateTime()),
+    sa.column("invoice_id"),
+)
+LINES = sa.table(
+    "invoice_lines",
+    sa.column("invoice_id"),
+    sa.column("charge_id"),
+    sa.column("description"),
+    sa.column("amount", ExactDecimal(4)),
+)
+NOTIFICATIONS = sa.table(
+    "notifications",
+    sa.column("invoice_id"),
+    sa.column("recipient"),
+    sa.column("subject"),
+    sa.column("body_text"),
+    sa.column("status"),
+    sa.column("attempts"),
+    sa.column("created_at", UTCDateTime()),
+)
+PAYMENTS = sa.table(
+    "payments",
+    sa.column("id"),
+    sa.column("customer_id"),
+    sa.column("amount", ExactDecimal(4)),
+    sa.column("currency"),
+    sa.column("received_at", UTCDateTime()),
+    sa.column("description"),
+    sa.column("idempotency_key"),
+    sa.column("recorded_at", UTCDateTime()),
+)
+APPLICATIONS = sa.table(
+    "invoice_applications",
+    sa.column("invoice_id"),
+    sa.column("source"),
+    sa.column("amount", ExactDecimal(4)),
+)
+PAYMENT_REST = sa.table("payments", sa.column("id"), sa.column("unapplied", ExactDecimal(4)))
 BLOCKS = sa.table(
     "customer_blocks",
     sa.column("customer_id"),
@@ -95,6 +178,100 @@ def _customer(customer_id: int, name: str, control: str, blocked: bool) -> dict[
         "current_period_start": CREATED,
         "current_period_end": dt.datetime(2026, 4, 1, tzinfo=dt.UTC),
     }
+
+
+def _invoice(invoice_id: int, customer_id: int, total: str) -> dict[str, object]:
+    return {
+        "id": invoice_id,
+        "closed_period_id": invoice_id,
+        "customer_id": customer_id,
+        "reseller_id": 1,
+        "number": invoice_id,
+        "status": "issued",
+        "currency": "USD",
+        "subtotal": Decimal(total),
+        "tax_name": "Tax",
+        "tax_rate": Decimal(0),
+        "tax": Decimal(0),
+        "total": Decimal(total),
+        "period_start": FEB,
+        "period_end": CREATED,
+        "covered_from": FEB.date(),
+        "covered_to": dt.date(2026, 2, 28),
+        "issue_date": CREATED.date(),
+        "due_date": CREATED.date(),
+        "issued_at": CREATED,
+    }
+
+
+def _populate_invoices(conn: sa.Connection) -> None:
+    """Two invoices as 0001 issued them (a postpaid and a prepaid one), with a charge, its
+    line and the invoice e-mail; a postpaid payment and a prepaid top-up."""
+    conn.execute(
+        PERIODS.insert(),
+        [
+            {
+                "id": i,
+                "customer_id": customer_id,
+                "period_start": FEB,
+                "period_end": CREATED,
+                "start_date": FEB.date(),
+                "end_date": CREATED.date(),
+                "billing_period": "monthly",
+                "billing_timezone": "UTC",
+                "closed_at": CREATED,
+                "invoiced": True,
+            }
+            for i, customer_id in ((1, 3), (2, 2))
+        ],
+    )
+    conn.execute(INVOICES.insert(), [_invoice(1, 3, "40.00"), _invoice(2, 2, "15.00")])
+    conn.execute(
+        CHARGES.insert(),
+        {
+            "id": 1,
+            "customer_id": 3,
+            "amount": Decimal("40.00"),
+            "currency": "USD",
+            "occurred_at": FEB,
+            "description": "Calls",
+            "idempotency_key": "c1",
+            "recorded_at": FEB,
+            "invoice_id": 1,
+        },
+    )
+    conn.execute(
+        LINES.insert(),
+        {"invoice_id": 1, "charge_id": 1, "description": "Calls", "amount": Decimal("40.00")},
+    )
+    conn.execute(
+        NOTIFICATIONS.insert(),
+        {
+            "invoice_id": 1,
+            "recipient": "ar@acme.test",
+            "subject": "Invoice 1",
+            "body_text": "…",
+            "status": "sent",
+            "attempts": 1,
+            "created_at": CREATED,
+        },
+    )
+    conn.execute(
+        PAYMENTS.insert(),
+        [
+            {
+                "id": i,
+                "customer_id": customer_id,
+                "amount": Decimal(amount),
+                "currency": "USD",
+                "received_at": LAST_CHARGE,
+                "description": "",
+                "idempotency_key": f"p{i}",
+                "recorded_at": LAST_CHARGE,
+            }
+            for i, customer_id, amount in ((1, 3, "25.00"), (2, 2, "10.00"))
+        ],
+    )
 
 
 def _populate_0001(engine: sa.Engine) -> None:
@@ -140,6 +317,7 @@ def _populate_0001(engine: sa.Engine) -> None:
                 )
             ],
         )
+        _populate_invoices(conn)
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -179,5 +357,38 @@ def test_the_block_reasons_revision_records_why_each_blocked_customer_is_blocked
             (2, "no_funds", CREATED),
         ]
         upgrade(database)  # and every later revision on top of the populated schema
+    finally:
+        engine.dispose()
+
+
+def test_the_collections_revision_settles_what_was_paid_before_it(database) -> None:
+    """On a populated database: the prepaid invoice is paid from funds, the postpaid payment
+    becomes credit (the top-up does not), and the first collection run applies that credit
+    to the open invoice; invoice lines and e-mails keep working."""
+    from sqlalchemy.orm import Session
+
+    from tasks.collections import run_collections
+
+    upgrade(database, "0001")
+    engine = make_engine(database)
+    try:
+        _populate_0001(engine)
+        upgrade(database)
+        with engine.connect() as conn:
+            applied = conn.execute(sa.select(APPLICATIONS.c.invoice_id, APPLICATIONS.c.source))
+            assert [tuple(r) for r in applied] == [(2, "prepaid_funds")]
+            rests = conn.execute(sa.select(PAYMENT_REST).order_by(PAYMENT_REST.c.id)).all()
+            assert [tuple(r) for r in rests] == [(1, Decimal("25.00")), (2, Decimal(0))]
+        with Session(engine) as session:
+            summary = run_collections(session, now=dt.datetime(2026, 4, 1, tzinfo=dt.UTC))
+            session.commit()
+        assert summary.credit_applied == Decimal("25.00")
+        with engine.connect() as conn:
+            amounts = conn.execute(
+                sa.select(APPLICATIONS.c.invoice_id, APPLICATIONS.c.amount).order_by(
+                    APPLICATIONS.c.invoice_id
+                )
+            ).all()
+            assert [tuple(r) for r in amounts] == [(1, Decimal("25.00")), (2, Decimal("15.00"))]
     finally:
         engine.dispose()

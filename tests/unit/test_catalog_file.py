@@ -143,3 +143,32 @@ def test_an_empty_catalog_is_valid() -> None:
     """Every section is optional."""
     catalog = parse_catalog("{}")
     assert (catalog.resellers, catalog.business_models, catalog.customer_classes) == ([], [], [])
+
+
+def test_a_class_collection_policy_is_optional_and_checked() -> None:
+    """The example's Business class has a policy, Wholesale the do-nothing default; bad
+    days are reported at their path."""
+    catalog = parse_catalog(EXAMPLE.read_text())
+    business, _residential, wholesale = catalog.customer_classes
+    assert business.collection.reminder_days == [7, 1]
+    assert (business.collection.suspend_after_days, business.collection.terminate_after_days) == (
+        10,
+        60,
+    )
+    assert wholesale.collection.reminder_days == []
+    assert wholesale.collection.suspend_after_days is None
+
+    bad = (
+        "customer_classes:\n"
+        "  - name: A\n"
+        "    collection: {reminder_days: [-1], suspend_after_days: 5}\n"
+        "  - name: B\n"
+        "    collection: {suspend_after_days: 10, terminate_after_days: 3}\n"
+        "  - name: C\n"
+        "    collection: {remind: [1]}\n"
+    )
+    assert problems(bad) == [
+        ("customer_classes[0].collection.reminder_days[0]", "out_of_range"),
+        ("customer_classes[1].collection", "out_of_order"),
+        ("customer_classes[2].collection.remind", "unknown_field"),
+    ]

@@ -10,6 +10,7 @@ from typing import Any
 import click
 from sqlalchemy import func, select
 
+from models.collections_rules import InvoiceState
 from worker.db import unit_of_work
 
 
@@ -55,23 +56,55 @@ def invoices() -> None:
     """Invoices: one per closed billing period, numbered without gaps per reseller."""
 
 
+STATES = tuple(s.value for s in InvoiceState)
+
+
 @invoices.command("list")
 @click.option("--customer", help="Only this customer's invoices (name, any case).")
 @click.option("--reseller", help="Only this reseller's invoices.")
+@click.option(
+    "--status",
+    type=click.Choice(STATES),
+    help="Only invoices in this state now (overdue: unpaid past the local due day).",
+)
 @click.option("--limit", default=100, show_default=True, help="At most this many, newest first.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def list_invoices(customer: str | None, reseller: str | None, limit: int, as_json: bool) -> None:
-    """List issued invoices, newest first."""
+def list_invoices(
+    customer: str | None, reseller: str | None, status: str | None, limit: int, as_json: bool
+) -> None:
+    """List issued (and void) invoices, newest first, with what each still asks for."""
     from models import Customer, Invoice, InvoiceStatus, Reseller
+    from tasks.base import database_clock
+    from tasks.statements import standings
 
-    query = _query().where(Invoice.status == InvoiceStatus.ISSUED)
+    query = _query().where(Invoice.status != InvoiceStatus.GENERATING)
+    if status == InvoiceStatus.VOID:
+        query = query.where(Invoice.status == InvoiceStatus.VOID)
+    elif status is not None:
+        query = query.where(Invoice.status == InvoiceStatus.ISSUED)
     if customer:
         query = query.where(func.lower(Customer.name) == func.lower(customer))
     if reseller:
         query = query.where(Reseller.name == reseller)
-    query = query.order_by(Invoice.issued_at.desc(), Invoice.id.desc()).limit(limit)
+    query = query.order_by(Invoice.issued_at.desc(), Invoice.id.desc())
+    items: list[dict[str, Any]] = []
     with unit_of_work() as session:
-        items = [_as_dict(*row) for row in session.execute(query)]
+        now = database_clock(session)
+        # The state depends on sums and on each billing zone's clock, so it is decided here,
+        # a page of rows at a time, until `limit` invoices in the state are found.
+        for page in session.execute(query.execution_options(yield_per=500)).partitions():
+            standing = standings(session, [row[0] for row in page], at=now)
+            for invoice, customer_name, reseller_name in page:
+                state = standing[invoice.id]
+                if status is None or state.state == status:
+                    items.append(
+                        _as_dict(invoice, customer_name, reseller_name)
+                        | state.as_json(invoice.currency)
+                    )
+                if len(items) >= limit:
+                    break
+            if len(items) >= limit:
+                break
     if as_json:
         click.echo(json.dumps(items, indent=2))
         return
@@ -82,7 +115,8 @@ def list_invoices(customer: str | None, reseller: str | None, limit: int, as_jso
         click.echo(
             f"{item['reseller']:<12} {item['number']:>6}  {item['issue_date']}  "
             f"due {item['due_date']}  {item['customer']:<30} "
-            f"{item['total']:>14} {item['currency']}  "
+            f"{item['total']:>14} {item['currency']}  {item['state']:<14} "
+            f"due now {item['amount_due']:>12}  "
             f"({item['covered_from']} .. {item['covered_to']})"
         )
 
