@@ -44,6 +44,9 @@ Error codes:
 | `invalid_datetime` | `created_at` is not an ISO-8601 instant with a UTC offset |
 | `in_future` | `created_at` is later than now |
 | `out_of_range` | `created_at` is before `EARLIEST_CREATED_AT` |
+| `wrong_business_model` | `subscriptions[i].plan` is a plan of another business model |
+| `currency_not_offered` | `subscriptions[i].plan` has no fee in the customer's currency |
+| `duplicate` | a plan given twice in `subscriptions` (`not_found`, `out_of_range` apply too) |
 | `idempotency_key_reused` | the key was used for a customer with another name (service) |
 
 Money rules: `credit_limit` (postpaid only; absent means no limit) and `available_funds`
@@ -66,7 +69,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, TypeAdapter, ValidationError
 from pydantic_core import PydanticCustomError
@@ -80,6 +83,9 @@ from models.periods import (
     parse_rule,
     validate_timezone,
 )
+
+if TYPE_CHECKING:  # imported at use: that module builds on this one's Problem
+    from models.subscription_requests import PlanRef, SubscriptionRequest
 
 MAX_PAYLOAD_BYTES: Final = 16 * 1024
 MAX_NAME_LENGTH: Final = 100
@@ -340,6 +346,7 @@ _KEYS: Final[dict[str, _Key]] = {
     "credit_limit": _Key(_strict(AmountInput), False, 'a decimal string such as "500.00"'),
     "available_funds": _Key(_strict(AmountInput), False, 'a decimal string such as "100.00"'),
     "custom_data": _Key(_strict(CustomDataInput), False, "an object"),
+    "subscriptions": _Key(_strict(list[Any]), False, 'a list such as [{"plan": …, "quantity": 1}]'),
     "idempotency_key": _Key(_strict(IdempotencyKey), False, "a string"),
     "created_at": _Key(_strict(InstantInput), False, "an ISO-8601 instant string"),
 }
@@ -386,6 +393,7 @@ class IntakeDraft:
     values: dict[str, Any] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     shaped: bool = True  # False when the payload is not even an object of sensible size
+    subscriptions: list[SubscriptionRequest] = field(default_factory=list)
 
     def catalog_names(self) -> tuple[str | None, str | None, str | None]:
         """(reseller, business model, customer class) names that need looking up."""
@@ -432,6 +440,12 @@ def parse_intake(payload: object, *, now: dt.datetime) -> IntakeDraft:
             draft.problems.extend(_problems_from(name, error, spec.expected))
 
     _check_money_rules(draft)
+    if "subscriptions" in draft.values:
+        from models.subscription_requests import parse_subscriptions
+
+        requests, problems = parse_subscriptions(draft.values.pop("subscriptions"))
+        draft.subscriptions = requests
+        draft.problems.extend(problems)
     created_at = draft.values.get("created_at")
     if created_at is not None and created_at > now:
         draft.problems.append(
@@ -647,6 +661,7 @@ class CatalogRefs:
     business_model_id: int | None
     customer_class_id: int | None
     custom_fields: tuple[CustomField, ...] = ()
+    plans: Mapping[str, PlanRef] = field(default_factory=dict)  # by name key
 
 
 @dataclass(frozen=True)
@@ -655,6 +670,7 @@ class Accepted:
     reseller_id: int
     business_model_id: int
     customer_class_id: int
+    subscriptions: tuple[tuple[PlanRef, int], ...] = ()  # plan and quantity
 
     @property
     def accepted(self) -> bool:
@@ -695,6 +711,18 @@ def finish_intake(draft: IntakeDraft, refs: CatalogRefs | None) -> Accepted | Re
         )
         values["custom_data"] = clean
         problems.extend(custom_problems)
+    subscriptions: list[tuple[PlanRef, int]] = []
+    if draft.subscriptions and refs.reseller_id is not None:
+        from models.subscription_requests import check_plans
+
+        subscriptions, plan_problems = check_plans(
+            draft.subscriptions,
+            refs.plans,
+            business_model_id=refs.business_model_id,
+            business_model=business_model,
+            currency=values.get("currency"),
+        )
+        problems.extend(plan_problems)
     if problems:
         return Rejected(tuple(problems))
     assert refs.reseller_id is not None
@@ -707,6 +735,7 @@ def finish_intake(draft: IntakeDraft, refs: CatalogRefs | None) -> Accepted | Re
         reseller_id=refs.reseller_id,
         business_model_id=refs.business_model_id,
         customer_class_id=refs.customer_class_id,
+        subscriptions=tuple(subscriptions),
     )
 
 
