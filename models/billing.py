@@ -9,8 +9,10 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import (
+    JSON,
     Boolean,
     CheckConstraint,
     Date,
@@ -198,7 +200,12 @@ class Invoice(Base):
     covered_to: Mapped[dt.date] = mapped_column(Date)
     issue_date: Mapped[dt.date | None] = mapped_column(Date)
     due_date: Mapped[dt.date | None] = mapped_column(Date)
+    # Written by invoices issued before documents were rendered on demand; no longer written.
     document_html: Mapped[str | None] = mapped_column(Text)
+    # What the documents need and the catalog may later change, frozen at issue: the seller
+    # and buyer parties, the locale, the template and the e-invoice format
+    # (`tasks.invoice_documents.load_invoice_view` reads it).
+    snapshot: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[dt.datetime] = mapped_column(
         UTCDateTime(), server_default=func.current_timestamp()
     )

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, BigIntKey, Rate, UTCDateTime
 from models.collections_rules import CollectionPolicy
+from models.invoice_view import EInvoiceFormat
 
 
 class Reseller(Base):
@@ -24,6 +25,16 @@ class Reseller(Base):
     id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     display_name: Mapped[str] = mapped_column(String(200), default="")
+    # The seller on its invoices (`models.invoice_view.Party`); empty = not given.
+    legal_name: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    address: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    tax_id: Mapped[str] = mapped_column(String(50), default="", server_default="")
+    email: Mapped[str] = mapped_column(String(320), default="", server_default="")
+    payment_text: Mapped[str] = mapped_column(Text, default="", server_default="")
+    iban: Mapped[str] = mapped_column(String(34), default="", server_default="")
+    bic: Mapped[str] = mapped_column(String(11), default="", server_default="")
+    # Locale of its customers' documents when neither customer nor class names one.
+    locale: Mapped[str] = mapped_column(String(35), default="", server_default="")
     # The last invoice number handed out. Taken with `UPDATE … RETURNING` inside the
     # transaction that finalizes the invoice, so a rollback gives the number back.
     last_invoice_number: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
@@ -61,6 +72,10 @@ class CustomerClass(Base):
         CheckConstraint("grace_period_days >= 0", name="grace_period_non_negative"),
         CheckConstraint("tax_rate >= 0", name="tax_rate_non_negative"),
         CheckConstraint(
+            "einvoice_format IN (" + ", ".join(f"'{f.value}'" for f in EInvoiceFormat) + ")",
+            name="einvoice_format_known",
+        ),
+        CheckConstraint(
             "suspend_after_days IS NULL OR suspend_after_days >= 0", name="suspend_non_negative"
         ),
         CheckConstraint(
@@ -77,6 +92,13 @@ class CustomerClass(Base):
     tax_rate: Mapped[Decimal] = mapped_column(Rate(), default=Decimal(0))
     notification_emails: Mapped[list[str]] = mapped_column(JSON, default=list)
     custom_fields: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # Which customer details intake must have ("billing_address", "tax_id", "invoice_email");
+    # the structured e-invoice its customers receive; their documents' default locale.
+    requires: Mapped[list[str] | None] = mapped_column(JSON, default=list)
+    einvoice_format: Mapped[str] = mapped_column(
+        String(16), default=EInvoiceFormat.NONE.value, server_default=EInvoiceFormat.NONE.value
+    )
+    locale: Mapped[str] = mapped_column(String(35), default="", server_default="")
     reminder_days: Mapped[list[int]] = mapped_column(JSON, default=list)
     overdue_notice: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     suspend_after_days: Mapped[int | None] = mapped_column(Integer)

@@ -7,6 +7,14 @@ Pure parsing and validation, no I/O: `parse_catalog(text)` returns a `CatalogFil
     resellers:
       - name: acme                    # how intake payloads refer to it (unique)
         display_name: ACME Telecom    # optional
+        legal_name: ACME Telecom SAS  # the seller on invoices; optional, as are all below
+        address: {lines: [12 rue de la Paix], postal_code: "75002", city: Paris, country: FR}
+        tax_id: FR40303265045         # VAT number: checked by python-stdnum where it knows it
+        email: billing@acme.example
+        payment_text: SEPA transfer within 15 days
+        iban: FR7630006000011234567890189
+        bic: AGRIFRPP
+        locale: fr_FR                 # documents' locale unless class or customer say
     business_models:
       - name: Hosted IP PBX           # unique
         service_type: voice
@@ -20,6 +28,9 @@ Pure parsing and validation, no I/O: `parse_catalog(text)` returns a `CatalogFil
         notification_emails: [billing@acme.example]
         custom_fields:
           - {name: tax_code, type: string, mandatory: true}
+        requires: [billing_address, tax_id]   # customer details intake must have
+        einvoice_format: factur-x     # none (default) or factur-x (EN 16931 in a PDF/A-3)
+        locale: de_DE                 # optional: its customers' documents' locale
         collection:                   # optional; each field optional, defaults do nothing
           reminder_days: [7, 1]       # reminders that many days before the due date
           overdue_notice: true        # a notice when the invoice becomes overdue
@@ -35,8 +46,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from decimal import Decimal
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 import yaml
 from pydantic import (
@@ -57,6 +69,16 @@ from models.intake import (
     has_control_characters,
     is_email,
     parse_decimal_text,
+)
+from models.invoice_view import Address
+from models.parties import (
+    PartyError,
+    check_address,
+    check_bic,
+    check_email,
+    check_iban,
+    check_locale,
+    check_tax_id,
 )
 
 MAX_CATALOG_BYTES: Final = 4 * 1024 * 1024
@@ -141,6 +163,24 @@ def _field_name(raw: str) -> str:
 Name = Annotated[str, Field(max_length=100), AfterValidator(_name)]
 
 
+def _party(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A `models.parties` check as a pydantic validator, keeping its code and message."""
+
+    def validate(raw: Any) -> Any:
+        try:
+            return check(raw)
+        except PartyError as error:
+            raise PydanticCustomError(error.code, error.message) from None
+
+    return validate
+
+
+OptionalText = Annotated[str, Field(max_length=200)]
+Locale = Annotated[str, AfterValidator(_party(check_locale))]
+# Which customer details a class may require at intake.
+CUSTOMER_DETAILS: Final = ("billing_address", "tax_id", "invoice_email")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -148,6 +188,28 @@ class _Strict(BaseModel):
 class ResellerSpec(_Strict):
     name: Name
     display_name: Annotated[str, Field(max_length=200), AfterValidator(_name)] | None = None
+    # The seller on its invoices (all optional; legal_name defaults to display_name).
+    legal_name: OptionalText = ""
+    address: Annotated[dict[str, Any], AfterValidator(_party(check_address))] | None = None
+    tax_id: Annotated[str, AfterValidator(_party(check_tax_id))] = ""
+    email: Annotated[str, AfterValidator(_party(check_email))] = ""
+    payment_text: Annotated[str, Field(max_length=1000)] = ""
+    iban: Annotated[str, AfterValidator(_party(check_iban))] = ""
+    bic: Annotated[str, AfterValidator(_party(check_bic))] = ""
+    locale: Locale = ""
+
+    def party_row(self) -> dict[str, Any]:
+        address = self.address
+        return {
+            "legal_name": self.legal_name,
+            "address": address.as_json() if isinstance(address, Address) else None,
+            "tax_id": self.tax_id,
+            "email": self.email,
+            "payment_text": self.payment_text,
+            "iban": self.iban,
+            "bic": self.bic,
+            "locale": self.locale,
+        }
 
 
 class BusinessModelSpec(_Strict):
@@ -200,6 +262,9 @@ class CustomerClassSpec(_Strict):
         list[Annotated[str, Field(max_length=320), AfterValidator(_email)]], Field(max_length=50)
     ] = []
     custom_fields: Annotated[list[CustomFieldSpec], Field(max_length=100)] = []
+    requires: list[Literal["billing_address", "tax_id", "invoice_email"]] = []
+    einvoice_format: Literal["none", "factur-x"] = "none"
+    locale: Locale = ""
     collection: CollectionSpec = CollectionSpec()
 
     def custom_fields_json(self) -> list[dict[str, Any]]:

@@ -102,6 +102,12 @@ class Customer(Base):
         String(16), default=CustomerStatus.ACTIVE.value, server_default=CustomerStatus.ACTIVE.value
     )
     custom_data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The buyer on its invoices (optional): postal address (`models.invoice_view.Address` as
+    # JSON), tax id, an address that receives its invoices, the locale of its documents.
+    billing_address: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    tax_id: Mapped[str | None] = mapped_column(String(50))
+    invoice_email: Mapped[str | None] = mapped_column(String(320))
+    locale: Mapped[str | None] = mapped_column(String(35))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     created_local_date: Mapped[dt.date] = mapped_column(Date)
     current_period_start: Mapped[dt.datetime] = mapped_column(UTCDateTime())

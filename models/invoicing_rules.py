@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
 
-from babel.dates import format_date
-from babel.numbers import format_currency, format_percent
+from babel.dates import format_date, format_skeleton
+from babel.numbers import format_currency, format_percent, get_currency_symbol
 
 from models.customer import BlockReason
 from models.money import round_money
@@ -155,11 +155,13 @@ def covered_dates(start_date: dt.date, end_date: dt.date) -> tuple[dt.date, dt.d
 
 @lru_cache(maxsize=4096)  # the same few periods recur across a whole batch
 def covered_dates_text(first: dt.date, last: dt.date, locale: str = DEFAULT_LOCALE) -> str:
-    """The inclusive local dates as the customer reads them: "March 19 - April 18, 2026"."""
+    """The inclusive local dates as the customer reads them, with an en dash between:
+    "March 19 - April 18, 2026", "19 mars - 18 avril 2026"."""
     if first == last:
         return format_date(first, "long", locale=locale)
     if first.year == last.year:
-        return f"{format_date(first, 'MMMM d', locale=locale)}{EN_DASH}" + format_date(
+        # The locale's own month-and-day order: "March 19", "19 mars", "19. März".
+        return f"{format_skeleton('MMMMd', first, locale=locale)}{EN_DASH}" + format_date(
             last, "long", locale=locale
         )
     return f"{format_date(first, 'long', locale=locale)}{EN_DASH}" + format_date(
@@ -167,9 +169,26 @@ def covered_dates_text(first: dt.date, last: dt.date, locale: str = DEFAULT_LOCA
     )
 
 
+NBSP = "\N{NO-BREAK SPACE}"
+
+
 def format_money(amount: Decimal, currency: str, locale: str = DEFAULT_LOCALE) -> str:
-    """`amount` as the customer reads it: "$1,234.50", "¥1,235", "BHD1.235"."""
-    return str(format_currency(round_money(amount, currency), currency, locale=locale))
+    """`amount` as the customer reads it: "$1,234.50", "¥1,235", "BHD 1.235", "10,13 €".
+
+    Babel does not apply CLDR's currency spacing, so "BHD1.235" would be printed; as CLDR
+    says, a symbol that ends (or starts) with a letter next to a digit gets a no-break space.
+    """
+    text = str(format_currency(round_money(amount, currency), currency, locale=locale))
+    symbol = str(get_currency_symbol(currency, locale))
+    at = text.find(symbol)
+    if at < 0 or not symbol:
+        return text
+    end = at + len(symbol)
+    if end < len(text) and text[end].isdigit() and symbol[-1].isalpha():
+        text = text[:end] + NBSP + text[end:]
+    if at > 0 and text[at - 1].isdigit() and symbol[0].isalpha():
+        text = text[:at] + NBSP + text[at:]
+    return text
 
 
 def format_rate(rate: Decimal, locale: str = DEFAULT_LOCALE) -> str:

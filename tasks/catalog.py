@@ -24,7 +24,7 @@ from worker.db import dialect_insert
 
 
 def _reseller_row(spec: Any) -> dict[str, Any]:
-    return {"name": spec.name, "display_name": spec.display_name or spec.name}
+    return {"name": spec.name, "display_name": spec.display_name or spec.name, **spec.party_row()}
 
 
 def _business_model_row(spec: Any) -> dict[str, Any]:
@@ -44,6 +44,9 @@ def _customer_class_row(spec: Any) -> dict[str, Any]:
         "tax_rate": spec.tax_rate,
         "notification_emails": list(spec.notification_emails),
         "custom_fields": spec.custom_fields_json(),
+        "requires": list(spec.requires),
+        "einvoice_format": spec.einvoice_format,
+        "locale": spec.locale,
         "reminder_days": sorted(spec.collection.reminder_days, reverse=True),
         "overdue_notice": spec.collection.overdue_notice,
         "suspend_after_days": spec.collection.suspend_after_days,

@@ -140,7 +140,8 @@ def close_due(
     batch_size: int,
     invoice_batch_size: int | None = None,
 ) -> CloseSummary:
-    """Close every period that has ended at `now`, one committed batch at a time."""
+    """Close every period that has ended at `now`, committing one batch at a time (a crash
+    loses at most the batch in flight); invoice messages go out after each commit."""
     _require_aware(now)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")

@@ -41,11 +41,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
-from functools import cache
 from itertools import groupby
 from typing import Any
 
-import jinja2
 from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.orm import Session
 
@@ -63,45 +61,24 @@ from models import (
 )
 from models.billing import LIVE_INVOICE
 from models.intake import Problem
+from models.invoice_view import Address, Party, document_locale, issue_snapshot
 from models.invoicing_rules import (
+    DEFAULT_LOCALE,
     Totals,
     covered_dates,
-    covered_dates_text,
     due_date,
     format_long_date,
-    format_money,
-    format_rate,
     invoice_totals,
     local_date,
 )
 from tasks.base import BillingTask, WorkFailed, database_clock, is_transient
 from tasks.fees import ClosedPeriodFees, bill_fees
+from tasks.invoice_documents import issue_notification_text
 from tasks.notifications import queue_mailing_after_commit
 from tasks.settlement import settle_issued
 from worker.celery_app import app
 from worker.config import settings
 from worker.db import dialect_insert, unit_of_work
-
-
-@cache
-def template_environment() -> jinja2.Environment:
-    """Templates from BILLING_TEMPLATE_DIR (if set) first, then the packaged ones.
-
-    Autoescaping is on for every template: customer names and charge descriptions come
-    from outside and must never become markup.
-    """
-    loaders: list[jinja2.BaseLoader] = []
-    custom = settings().template_dir
-    if custom:
-        loaders.append(jinja2.FileSystemLoader(custom))
-    loaders.append(jinja2.PackageLoader("models", "templates"))
-    return jinja2.Environment(
-        loader=jinja2.ChoiceLoader(loaders),
-        autoescape=True,
-        auto_reload=False,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
 
 
 @dataclass
@@ -125,6 +102,8 @@ class _Period:
     grace_period_days: int
     template_name: str
     notification_emails: list[str]
+    invoice_email: str | None
+    snapshot: dict[str, Any]  # parties, locale, format: see models.invoice_view.issue_snapshot
     fees: ClosedPeriodFees
 
 
@@ -139,7 +118,6 @@ class _Line:
 class _Prepared:
     period: _Period
     invoice_id: int
-    template: jinja2.Template
     lines: list[_Line]
     totals: Totals
     covered: tuple[dt.date, dt.date]
@@ -150,24 +128,28 @@ class _Prepared:
 def _load_periods(session: Session, ids: Sequence[int]) -> dict[int, _Period]:
     rows = session.execute(
         select(
-            ClosedPeriod.id,
+            ClosedPeriod.id.label("closed_period_id"),
             ClosedPeriod.invoiced,
             ClosedPeriod.period_start,
             ClosedPeriod.period_end,
             ClosedPeriod.start_date,
             ClosedPeriod.end_date,
             ClosedPeriod.billing_timezone,
-            Customer.id,
-            Customer.name,
+            Customer.id.label("customer_id"),
+            Customer.name.label("customer_name"),
             Customer.currency,
-            Reseller.id,
-            Reseller.display_name,
-            Reseller.name,
+            Customer.billing_address,
+            Customer.tax_id.label("customer_tax_id"),
+            Customer.invoice_email,
+            Customer.locale.label("customer_locale"),
+            Reseller.id.label("reseller_id"),
             CustomerClass.tax_name,
             CustomerClass.tax_rate,
             CustomerClass.grace_period_days,
             CustomerClass.invoice_template,
             CustomerClass.notification_emails,
+            CustomerClass.einvoice_format,
+            CustomerClass.locale.label("class_locale"),
             ClosedPeriod.billing_period,
             Customer.created_local_date,
         )
@@ -176,39 +158,75 @@ def _load_periods(session: Session, ids: Sequence[int]) -> dict[int, _Period]:
         .join(CustomerClass, CustomerClass.id == Customer.customer_class_id)
         .where(ClosedPeriod.id.in_(ids))
     ).all()
-    return {
-        row[0]: _Period(
-            closed_period_id=row[0],
-            invoiced=row[1],
-            period_start=row[2],
-            period_end=row[3],
-            start_date=row[4],
-            end_date=row[5],
-            timezone=row[6],
-            customer_id=row[7],
-            customer_name=row[8],
-            currency=row[9],
-            reseller_id=row[10],
-            reseller_name=row[11] or row[12],
-            tax_name=row[13],
-            tax_rate=row[14],
-            grace_period_days=row[15],
-            template_name=row[16],
-            notification_emails=list(row[17] or []),
+    sellers = _sellers(session, {row.reseller_id for row in rows})
+    periods = {}
+    for row in rows:
+        seller, reseller_locale = sellers[row.reseller_id]
+        periods[row.closed_period_id] = _Period(
+            closed_period_id=row.closed_period_id,
+            invoiced=row.invoiced,
+            period_start=row.period_start,
+            period_end=row.period_end,
+            start_date=row.start_date,
+            end_date=row.end_date,
+            timezone=row.billing_timezone,
+            customer_id=row.customer_id,
+            customer_name=row.customer_name,
+            currency=row.currency,
+            reseller_id=row.reseller_id,
+            reseller_name=seller.name,
+            tax_name=row.tax_name,
+            tax_rate=row.tax_rate,
+            grace_period_days=row.grace_period_days,
+            template_name=row.invoice_template,
+            notification_emails=list(row.notification_emails or []),
+            invoice_email=row.invoice_email,
+            snapshot=issue_snapshot(
+                seller,
+                Party(
+                    name=row.customer_name,
+                    address=Address.from_json(row.billing_address),
+                    tax_id=row.customer_tax_id or "",
+                    email=row.invoice_email or "",
+                ),
+                locale=document_locale(
+                    row.customer_locale, row.class_locale, reseller_locale, DEFAULT_LOCALE
+                ),
+                einvoice=row.einvoice_format,
+                template=row.invoice_template,
+            ),
             fees=ClosedPeriodFees(
-                closed_period_id=row[0],
-                customer_id=row[7],
-                currency=row[9],
-                anchor=row[19],
-                billing_period=row[18],
-                timezone=row[6],
-                period_start=row[2],
-                period_end=row[3],
-                start_date=row[4],
-                end_date=row[5],
+                closed_period_id=row.closed_period_id,
+                customer_id=row.customer_id,
+                currency=row.currency,
+                anchor=row.created_local_date,
+                billing_period=row.billing_period,
+                timezone=row.billing_timezone,
+                period_start=row.period_start,
+                period_end=row.period_end,
+                start_date=row.start_date,
+                end_date=row.end_date,
             ),
         )
-        for row in rows
+    return periods
+
+
+def _sellers(session: Session, reseller_ids: set[int]) -> dict[int, tuple[Party, str]]:
+    """Each reseller as the seller on its invoices, with its default locale."""
+    return {
+        reseller.id: (
+            Party(
+                name=reseller.legal_name or reseller.display_name or reseller.name,
+                address=Address.from_json(reseller.address),
+                tax_id=reseller.tax_id,
+                email=reseller.email,
+                payment_text=reseller.payment_text,
+                iban=reseller.iban,
+                bic=reseller.bic,
+            ),
+            reseller.locale,
+        )
+        for reseller in session.scalars(select(Reseller).where(Reseller.id.in_(reseller_ids)))
     }
 
 
@@ -318,9 +336,9 @@ def _existing_lines(session: Session, invoice_id: int) -> list[_Line]:
 
 def _prepare(session: Session, period: _Period, now: dt.datetime) -> _Prepared | None:
     """Phase 1 for one period: claim the invoice, attach the charges, compute the totals and
-    dates. Whatever can fail for this period's own data (its template, its zone) fails here,
-    inside its savepoint, never in phase 2 where the whole batch is numbered at once."""
-    template = template_environment().get_template(period.template_name)
+    dates. Whatever can fail for this period's own data (its zone) fails here, inside its
+    savepoint, never in phase 2 where the whole batch is numbered at once. Nothing is
+    rendered: documents are made on demand from the stored invoice (tasks.invoice_documents)."""
     issue = local_date(now, period.timezone)
     claimed = _claim_invoice(session, period)
     if claimed is None:
@@ -340,7 +358,6 @@ def _prepare(session: Session, period: _Period, now: dt.datetime) -> _Prepared |
     return _Prepared(
         period=period,
         invoice_id=invoice_id,
-        template=template,
         lines=lines,
         totals=totals,
         covered=covered_dates(period.start_date, period.end_date),
@@ -349,45 +366,8 @@ def _prepare(session: Session, period: _Period, now: dt.datetime) -> _Prepared |
     )
 
 
-def render_invoice(item: _Prepared, number: int, issue: dt.date, due: dt.date) -> str:
-    period = item.period
-
-    def money(amount: Decimal) -> str:
-        return format_money(amount, period.currency)
-
-    return item.template.render(
-        invoice={
-            "number": number,
-            "issue_date": format_long_date(issue),
-            "due_date": format_long_date(due),
-            "covered": covered_dates_text(*item.covered),
-            "covered_from": item.covered[0].isoformat(),
-            "covered_to": item.covered[1].isoformat(),
-            "currency": period.currency,
-            "subtotal": money(item.totals.subtotal),
-            "tax_name": period.tax_name,
-            "tax_rate": format_rate(period.tax_rate),
-            "tax": money(item.totals.tax),
-            "total": money(item.totals.total),
-            "timezone": period.timezone,
-        },
-        reseller={"name": period.reseller_name},
-        customer={"name": period.customer_name},
-        lines=[
-            {
-                "date": ""
-                if line.occurred_at is None
-                else format_long_date(local_date(line.occurred_at, period.timezone)),
-                "description": line.description,
-                "amount": money(line.amount),
-            }
-            for line in item.lines
-        ],
-    )
-
-
 def _issue(session: Session, prepared: list[_Prepared], now: dt.datetime) -> list[IssuedInvoice]:
-    """Phase 2: number, render and issue every prepared invoice; write the outbox rows."""
+    """Phase 2: number and issue every prepared invoice; write the outbox rows."""
     issued: list[IssuedInvoice] = []
     invoice_rows: list[dict[str, Any]] = []
     notification_rows: list[dict[str, Any]] = []
@@ -417,22 +397,21 @@ def _issue(session: Session, prepared: list[_Prepared], now: dt.datetime) -> lis
                     "issue_date": issue,
                     "due_date": due,
                     "issued_at": now,
-                    "document_html": render_invoice(item, number, issue, due),
+                    "snapshot": period.snapshot,
                 }
             )
-            total_text = format_money(item.totals.total, period.currency)
-            for recipient in dict.fromkeys(period.notification_emails):
+            subject, body = issue_notification_text(
+                period.snapshot, number, item.covered, item.totals.total, period.currency, due
+            )
+            recipients = [*period.notification_emails, *filter(None, [period.invoice_email])]
+            for recipient in dict.fromkeys(recipients):
                 notification_rows.append(
                     {
                         "invoice_id": item.invoice_id,
                         "topic": "invoice",
                         "recipient": recipient,
-                        "subject": f"Invoice {number} from {period.reseller_name}",
-                        "body_text": (
-                            f"Invoice {number} for {period.customer_name}, covering "
-                            f"{covered_dates_text(*item.covered)}: {total_text}, due "
-                            f"{format_long_date(due)}."
-                        ),
+                        "subject": subject,
+                        "body_text": body,
                         "status": NotificationStatus.PENDING,
                         "attempts": 0,
                         "created_at": now,
@@ -605,7 +584,9 @@ def _record_failures(
 ) -> None:
     """Count each failed generation on its period and push its next re-queue further away
     (reconcile re-queues it after `retry_after`, then 2x, 4x, …; see ClosedPeriod)."""
-    failed = [f for f in failures if f.code == GENERATION_FAILED]
+    # A held period counts too: it is retried (and given up on) with the period holding it,
+    # instead of being re-queued by every reconcile while that one cannot be invoiced.
+    failed = [f for f in failures if f.code in {GENERATION_FAILED, EARLIER_PERIOD_PENDING}]
     if not failed:
         return
     attempts: dict[int, int] = {

@@ -1,10 +1,14 @@
 """The invoice outbox mailer: send the pending notification e-mails, at least once.
 
-Issuing an invoice writes one outbox row per recipient (`tasks/invoicing.py`); this module
-only mails them. With `BILLING_SMTP_URL` set (parsed once, at start-up, in
-`worker/config.py`), `billing.notifications.send` runs after every batch that issued
-invoices and requeues itself while a full page was sent; without it the rows wait in the
-outbox for whatever mailer reads it.
+Issuing an invoice writes one outbox row per recipient (`tasks/invoicing.py`: the class's
+notification list and the customer's own invoice address); this module mails them, with the
+invoice's HTML and its PDF (a Factur-X PDF/A-3 when the class asks for it) rendered here,
+from the stored invoice, never while invoicing.
+
+With `BILLING_SMTP_URL` set (parsed once, at start-up, in `worker/config.py`),
+`billing.notifications.send` runs after every batch that issued invoices and requeues
+itself while a full page was sent; without it the rows wait in the outbox for whatever
+mailer reads it.
 """
 
 from __future__ import annotations
@@ -17,11 +21,19 @@ from email.message import EmailMessage
 from enum import StrEnum
 from typing import Any
 
+import jinja2
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models import Invoice, Notification, NotificationStatus
+from models import Notification, NotificationStatus
 from tasks.base import BillingTask, send_after_commit, utcnow
+from tasks.invoice_documents import (
+    Attachment,
+    RenderError,
+    invoice_attachments,
+    load_invoice_view,
+    render_html,
+)
 from worker.celery_app import app
 from worker.config import SMTPSettings, settings
 from worker.db import unit_of_work
@@ -63,6 +75,7 @@ def send_notifications(
     sender_address: str,
     limit: int = 100,
     max_attempts: int = 5,
+    template_dir: str = "",
 ) -> MailingResult:
     """Send up to `limit` pending outbox e-mails through `transport`; mark each sent or
     count the failure.
@@ -71,27 +84,42 @@ def send_notifications(
     Delivery is at least once: a crash between the SMTP hand-off and the commit sends that
     e-mail again. After `max_attempts` failures a row is `failed` and left for an operator.
     """
-    rows = session.execute(
-        select(Notification, Invoice.document_html)
-        .join(Invoice, Invoice.id == Notification.invoice_id)
+    rows = session.scalars(
+        select(Notification)
         .where(Notification.status == NotificationStatus.PENDING)
         .order_by(Notification.created_at, Notification.id)
         .limit(limit)
         .with_for_update(of=Notification, skip_locked=True)
     ).all()
     sent = failed = 0
-    for notification, document in rows:
+    documents: dict[int, tuple[str, list[Attachment]] | None] = {}
+    for notification in rows:
         message = EmailMessage()
         message["From"] = sender_address
         message["To"] = notification.recipient
         message["Subject"] = notification.subject
         message.set_content(notification.body_text)
-        if document and notification.topic == "invoice":  # reminders and notices: text only
-            message.add_alternative(document, subtype="html")
         notification.attempts += 1
         try:
+            # The invoice itself carries its documents; reminders and notices are text only.
+            if notification.topic == "invoice" and notification.invoice_id not in documents:
+                documents[notification.invoice_id] = _documents(
+                    session, notification.invoice_id, template_dir
+                )
+            document = documents.get(notification.invoice_id)
+            if document is not None and notification.topic == "invoice":
+                html, attachments = document
+                message.add_alternative(html, subtype="html")
+                for attachment in attachments:
+                    maintype, subtype = attachment.mime_type.split("/", 1)
+                    message.add_attachment(
+                        attachment.content,
+                        maintype=maintype,
+                        subtype=subtype,
+                        filename=attachment.filename,
+                    )
             transport(message)
-        except (smtplib.SMTPException, OSError) as exc:
+        except (smtplib.SMTPException, OSError, RenderError, jinja2.TemplateError) as exc:
             notification.last_error = f"{type(exc).__name__}: {exc}"
             if notification.attempts >= max_attempts:
                 notification.status = NotificationStatus.FAILED
@@ -104,6 +132,18 @@ def send_notifications(
     return MailingResult(
         MailingStatus.SOME_FAILED if failed else MailingStatus.DONE, sent, failed, len(rows)
     )
+
+
+def _documents(
+    session: Session, invoice_id: int, template_dir: str
+) -> tuple[str, list[Attachment]] | None:
+    """The invoice's HTML and its attachments (PDF, or Factur-X PDF), rendered from the
+    stored invoice once per invoice of the page, however many recipients it has."""
+    view = load_invoice_view(session, invoice_id)
+    if view is None:
+        return None
+    html = render_html(view, template_dir=template_dir)
+    return html, invoice_attachments(view, template_dir=template_dir)
 
 
 def smtp_transport(conf: SMTPSettings) -> Transport:
@@ -135,7 +175,11 @@ def send_notifications_task(self: BillingTask) -> dict[str, Any]:
         return MailingResult(MailingStatus.DISABLED).as_json()
     with unit_of_work() as session:
         result = send_notifications(
-            session, smtp_transport(conf), now=utcnow(), sender_address=conf.sender_address
+            session,
+            smtp_transport(conf),
+            now=utcnow(),
+            sender_address=conf.sender_address,
+            template_dir=settings().template_dir,
         )
         if result.claimed and result.sent == result.claimed:
             send_after_commit(session, send_notifications_task.s())

@@ -39,6 +39,7 @@ def billing_customer(
     reseller: str = "acme",
     customer_class: str = "Business",
     class_fields: dict[str, Any] | None = None,
+    customer_fields: dict[str, Any] | None = None,
 ) -> Customer:
     """A customer whose open period is [created, period_end); prepaid `funds` go through an
     opening ledger entry, as intake writes them."""
@@ -60,6 +61,7 @@ def billing_customer(
         created_local_date=created,
         current_period_start=local_midnight(created, billing_timezone),
         current_period_end=local_midnight(period_end, billing_timezone),
+        **(customer_fields or {}),
     )
     session.add(customer)
     session.flush()

@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 TASK_TIME_LIMIT = 900
 # When an unacknowledged Redis message is handed out again (see broker_transport_options).
 REDELIVERY_AFTER = TASK_TIME_LIMIT + 60
+RESTORE_SWEEP = 10
 
 
 def _env_int(name: str, default: int, *, minimum: int = 1) -> int:
@@ -142,6 +143,10 @@ class Settings:
             # taken: just above the hard time limit, so a running task is never handed to
             # a second worker, and a lost one is back within ~16 minutes, not an hour.
             "visibility_timeout": REDELIVERY_AFTER,
+            # Every worker looks for such messages every 10 s (kombu's default is one real
+            # look every 10th sweep, ~100 s), so the bound is REDELIVERY_AFTER + 10 s.
+            "unacked_restore_interval": RESTORE_SWEEP,
+            "unacked_restore_throttle": 1,
         }
         if self.redis_key_prefix and self.broker_url.startswith(("redis", "rediss")):
             options["global_keyprefix"] = self.redis_key_prefix

@@ -170,8 +170,12 @@ class _ById(HTMLParser):
 
 
 def test_a_rendered_invoice_shows_the_customer_dates_and_totals(worker, clean_db, tmp_path) -> None:
-    """`billing invoices show N --html FILE` writes a page that, parsed, shows the customer,
-    the covered local dates, the lines and the totals; list --customer finds it."""
+    """`billing invoices show N --html FILE --pdf FILE --xml FILE` writes a page that, parsed,
+    shows the customer, the covered local dates, the lines and the totals, a PDF whose text
+    shows the same, and a schema-valid EN 16931 XML; list --customer finds it."""
+    import facturx
+    from pypdf import PdfReader
+
     from tasks.invoicing import generate_invoices_task
     from worker.cli import main
 
@@ -205,10 +209,14 @@ def test_a_rendered_invoice_shows_the_customer_dates_and_totals(worker, clean_db
     )
     summary = generate_invoices_task.delay([period]).get(timeout=60)
     number = summary["invoices"][0]["number"]
-    page = tmp_path / "invoice.html"
+    page, pdf, xml = tmp_path / "invoice.html", tmp_path / "invoice.pdf", tmp_path / "i.xml"
 
     shown = CliRunner().invoke(
-        main, ["invoices", "show", str(number), "--reseller", "tokyo-voice", "--html", str(page)]
+        main,
+        [
+            *("invoices", "show", str(number), "--reseller", "tokyo-voice"),
+            *("--html", str(page), "--pdf", str(pdf), "--xml", str(xml)),
+        ],
     )
     listed = CliRunner().invoke(
         main, ["invoices", "list", "--customer", "HOKUSAI & sons <ltd>", "--json"]
@@ -218,7 +226,7 @@ def test_a_rendered_invoice_shows_the_customer_dates_and_totals(worker, clean_db
     parsed = _ById()
     parsed.feed(page.read_text(encoding="utf-8"))
     assert parsed.text["customer"] == "Hokusai & Sons <Ltd>"
-    assert parsed.text["reseller"] == "Tokyo-Voice"
+    assert parsed.text["seller"] == "Tokyo-Voice"
     assert parsed.text["invoice-number"] == "1"
     assert parsed.text["covered"] == "March 19 \u2013 April 18, 2026"
     assert parsed.text["subtotal"] == "\xa51,545"
@@ -228,6 +236,13 @@ def test_a_rendered_invoice_shows_the_customer_dates_and_totals(worker, clean_db
         ["March 19, 2026", "Calls", "\xa51,200"],
         ["April 18, 2026", "SMS", "\xa5345"],
     ]
+    text = PdfReader(pdf).pages[0].extract_text()
+    for expected in ("Invoice 1", "Hokusai & Sons <Ltd>", "Tokyo-Voice", "March 19, 2026"):
+        assert expected in text
+    for expected in ("Calls", "SMS", "\xa51,545", "\xa5155", "\xa51,700"):
+        assert expected in text
+    assert facturx.xml_check_xsd(xml.read_bytes(), flavor="factur-x", level="en16931")
+    assert b"<ram:GrandTotalAmount>1700</ram:GrandTotalAmount>" in xml.read_bytes()
     with unit_of_work() as session:
         invoice = session.scalars(select(Invoice)).one()
         assert parsed.text["issue-date"] == format_long_date(invoice.issue_date)

@@ -145,6 +145,60 @@ def test_an_empty_catalog_is_valid() -> None:
     assert (catalog.resellers, catalog.business_models, catalog.customer_classes) == ([], [], [])
 
 
+def test_seller_details_and_document_settings_are_checked_by_their_libraries() -> None:
+    """Country codes (pycountry), VAT numbers (python-stdnum), IBAN, BIC, e-mail and locale
+    are refused with their own codes; valid ones are normalised."""
+    from models.catalog_file import CatalogFileError, validate_catalog
+
+    good = validate_catalog(
+        {
+            "resellers": [
+                {
+                    "name": "acme",
+                    "address": {"lines": ["12 rue de la Paix"], "city": "Paris", "country": "fr"},
+                    "tax_id": "FR 40 303 265 045",
+                    "iban": "FR76 3000 6000 0112 3456 7890 189",
+                    "bic": "AGRIFRPP",
+                    "locale": "fr-fr",
+                }
+            ],
+            "customer_classes": [
+                {"name": "B2B", "einvoice_format": "factur-x", "requires": ["tax_id"]}
+            ],
+        }
+    )
+    row = good.resellers[0].party_row()
+    assert row["address"]["country"] == "FR"
+    assert (row["tax_id"], row["iban"], row["locale"]) == (
+        "FR40303265045",
+        "FR7630006000011234567890189",
+        "fr_FR",
+    )
+    with pytest.raises(CatalogFileError) as refused:
+        validate_catalog(
+            {
+                "resellers": [
+                    {
+                        "name": "acme",
+                        "address": {"country": "XX"},
+                        "tax_id": "FR40303265046",
+                        "iban": "FR7630006000011234567890188",
+                        "email": "not-an-address",
+                        "locale": "xx_YY",
+                    }
+                ],
+                "customer_classes": [{"name": "B2B", "einvoice_format": "pdf"}],
+            }
+        )
+    codes = {e["field"]: e["code"] for e in refused.value.errors}
+    assert codes["resellers[0].address"] == "invalid_country"
+    assert codes["resellers[0].tax_id"] == "invalid_tax_id"
+    assert codes["resellers[0].iban"] == "invalid_iban"
+    assert codes["resellers[0].email"] == "invalid_email"
+    assert codes["resellers[0].locale"] == "invalid_locale"
+    assert "customer_classes[0].einvoice_format" in codes
+
+
 def test_a_class_collection_policy_is_optional_and_checked() -> None:
     """The example's Business class has a policy, Wholesale the do-nothing default; bad
     days are reported at their path."""

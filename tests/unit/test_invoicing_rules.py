@@ -101,5 +101,5 @@ def test_money_is_formatted_with_the_currency_minor_units() -> None:
     """0, 2 and 3 minor units shown as the customer reads them."""
     assert format_money(D("1234.5"), "USD") == "$1,234.50"
     assert format_money(D("1235"), "JPY") == "\xa51,235"
-    assert format_money(D("1.235"), "BHD") == "BHD1.235"
+    assert format_money(D("1.235"), "BHD") == "BHD\xa01.235"
     assert format_rate(D("0.08875")) == "8.875%"

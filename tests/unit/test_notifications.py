@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import email
+import io
 import socketserver
 import threading
 from decimal import Decimal
 
 import pytest
+from pypdf import PdfReader
 from sqlalchemy import select
 
 from models import Notification
@@ -109,12 +111,59 @@ def test_the_outbox_is_mailed_with_the_invoice_attached(session, smtp_server) ->
     assert message["From"] == "billing@acme.test"
     assert message["Subject"] == "Invoice 1 from Acme"
     parts = {
-        p.get_content_type(): p.get_payload(decode=True).decode()
+        p.get_content_type(): p.get_payload(decode=True)
         for p in message.walk()
         if not p.is_multipart()
     }
-    assert "$7.50" in parts["text/plain"]
-    assert "Grace Hopper" in parts["text/html"]
+    assert "$7.50" in parts["text/plain"].decode()
+    assert "Grace Hopper" in parts["text/html"].decode()
+    (attachment,) = [p for p in message.walk() if p.get_filename()]
+    assert attachment.get_filename() == "invoice-1.pdf"
+    text = PdfReader(io.BytesIO(parts["application/pdf"])).pages[0].extract_text()
+    assert "Grace Hopper" in text
+    assert "$7.50" in text
+
+
+def test_the_customer_own_invoice_address_gets_a_factur_x_pdf_in_french(
+    session, smtp_server
+) -> None:
+    """A customer with an invoice e-mail receives the invoice too (beside the class's list),
+    in its locale, with the Factur-X PDF/A-3 its class asks for; the PDF carries the XML."""
+    customer = billing_customer(
+        session,
+        name="Émile SARL",
+        currency="EUR",
+        class_fields={
+            "notification_emails": ["ap@acme.test"],
+            "einvoice_format": "factur-x",
+            "tax_name": "TVA",
+            "tax_rate": Decimal("0.2"),
+        },
+        customer_fields={"invoice_email": "factures@emile.test", "locale": "fr_FR"},
+    )
+    period = close_period(session, customer, dt.date(2026, 3, 19), dt.date(2026, 4, 19))
+    record_charge(
+        session,
+        charge_payload(customer, "8.44", dt.datetime(2026, 3, 20, tzinfo=dt.UTC), "k"),
+        now=NOW,
+    )
+    generate_invoices(session, [period.id], now=NOW)
+    conf = SMTPSettings.from_url(f"smtp://127.0.0.1:{smtp_server.server_address[1]}")
+
+    result = send_notifications(
+        session, smtp_transport(conf), now=NOW, sender_address=conf.sender_address
+    )
+
+    assert (result.sent, result.failed) == (2, 0)
+    messages = [email.message_from_bytes(raw) for raw in smtp_server.messages]
+    assert sorted(m["To"] for m in messages) == ["ap@acme.test", "factures@emile.test"]
+    for message in messages:
+        assert message["Subject"] == "Facture 1 de Acme"
+        (attachment,) = [p for p in message.walk() if p.get_filename()]
+        assert attachment.get_filename() == "facture-1.pdf"
+        pdf = PdfReader(io.BytesIO(attachment.get_payload(decode=True)))
+        assert "10,13 €" in pdf.pages[0].extract_text().replace("\xa0", " ")
+        assert list(pdf.attachments) == ["factur-x.xml"]
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,8 @@ def test_an_unfinished_message_comes_back_just_after_the_hard_time_limit(monkeyp
     visibility = config["broker_transport_options"]["visibility_timeout"]
     assert config["task_time_limit"] < visibility <= config["task_time_limit"] + 120
     assert visibility <= 16 * 60
+    sweep = config["broker_transport_options"]["unacked_restore_interval"]
+    assert sweep * config["broker_transport_options"]["unacked_restore_throttle"] <= 10
     # A retry waits at most this long in the worker, unacknowledged: it must come back
     # to that worker, not be handed to another one meanwhile.
     from tasks.base import BillingTask

@@ -130,12 +130,33 @@ def list_invoices(
     type=click.Path(dir_okay=False, writable=True, path_type=Path),
     help="Write the invoice document (HTML) to this file.",
 )
+@click.option(
+    "--pdf",
+    "pdf_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write the invoice as PDF (Factur-X PDF/A-3 when its class asks for an e-invoice).",
+)
+@click.option(
+    "--xml",
+    "xml_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write its EN 16931 e-invoice (Factur-X / ZUGFeRD CII XML) to this file.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def show_invoice(number: int, reseller: str | None, html_path: Path | None, as_json: bool) -> None:
-    """Show invoice NUMBER with its lines; --html FILE writes its document."""
+def show_invoice(
+    number: int,
+    reseller: str | None,
+    html_path: Path | None,
+    pdf_path: Path | None,
+    xml_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Show invoice NUMBER with its lines; --html/--pdf/--xml FILE write its documents,
+    rendered from the stored invoice (the same bytes every time)."""
     from models import Invoice, InvoiceLine, Reseller
     from models.invoicing_rules import format_rate
     from models.money import round_money
+    from tasks.invoice_documents import load_invoice_view
 
     query = _query().where(Invoice.number == number)
     if reseller:
@@ -163,9 +184,8 @@ def show_invoice(number: int, reseller: str | None, html_path: Path | None, as_j
                 .order_by(InvoiceLine.occurred_at, InvoiceLine.id)
             )
         ]
-        document = invoice.document_html
-    if html_path is not None:
-        html_path.write_text(document or "", encoding="utf-8")
+        view = load_invoice_view(session, invoice.id)
+    written = _write_documents(view, html_path, pdf_path, xml_path)
     if as_json:
         click.echo(json.dumps(item, indent=2))
         return
@@ -177,8 +197,42 @@ def show_invoice(number: int, reseller: str | None, html_path: Path | None, as_j
     click.echo(f"  subtotal {item['subtotal']} {item['currency']}")
     click.echo(f"  {item['tax_name']} ({format_rate(Decimal(item['tax_rate']))}) {item['tax']}")
     click.echo(f"  total {item['total']} {item['currency']}")
-    if html_path is not None:
-        click.echo(f"document written to {html_path}")
+    for path in written:
+        click.echo(f"document written to {path}")
+
+
+def _write_documents(
+    view: Any, html_path: Path | None, pdf_path: Path | None, xml_path: Path | None
+) -> list[Path]:
+    from models.invoice_view import EInvoiceFormat
+    from tasks.invoice_documents import (
+        RenderError,
+        einvoice_xml,
+        render_facturx_pdf,
+        render_html,
+        render_pdf,
+    )
+    from worker.config import settings
+
+    wanted = [p for p in (html_path, pdf_path, xml_path) if p is not None]
+    if not wanted:
+        return []
+    if view is None:
+        raise click.ClickException("this invoice is not issued yet: it has no documents")
+    template_dir = settings().template_dir
+    try:
+        if html_path is not None:
+            html_path.write_text(render_html(view, template_dir=template_dir), encoding="utf-8")
+        if pdf_path is not None:
+            render = render_facturx_pdf if view.einvoice is EInvoiceFormat.FACTURX else render_pdf
+            pdf_path.write_bytes(render(view, template_dir=template_dir))
+        if xml_path is not None:
+            xml_path.write_bytes(einvoice_xml(view))
+    except RenderError as error:
+        raise click.ClickException(str(error)) from None
+    except OSError as error:
+        raise click.ClickException(f"cannot write {error.filename}: {error.strerror}") from None
+    return wanted
 
 
 @invoices.command("generate")
