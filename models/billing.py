@@ -67,6 +67,8 @@ class NotificationStatus(StrEnum):
 _PENDING = text(f"status = '{NotificationStatus.PENDING.value}'")
 # A void invoice no longer counts: at most one live invoice per closed period.
 LIVE_INVOICE = text(f"status <> '{InvoiceStatus.VOID.value}'")
+# Issued with something left due: what collections and payments look at.
+OPEN_INVOICE = text(f"status = '{InvoiceStatus.ISSUED.value}' AND settled_at IS NULL")
 _LIVE_LINE = text("NOT void")
 _UNAPPLIED = text("unapplied > 0")
 
@@ -161,7 +163,8 @@ class Invoice(Base):
     `number` is null while the invoice is `generating` and is taken from the reseller's
     gapless counter in the transaction that issues it. Issued invoices are never edited:
     voiding one sets `status = 'void'`, `voided_at` and `void_reason`; its replacement
-    (`replaces_invoice_id`) is a new invoice with a new number.
+    (`replaces_invoice_id`) is a new invoice with a new number. An issued invoice is open
+    (something is left due) while `settled_at` is null.
     """
 
     __tablename__ = "invoices"
@@ -179,6 +182,12 @@ class Invoice(Base):
             unique=True,
             postgresql_where=LIVE_INVOICE,
             sqlite_where=LIVE_INVOICE,
+        ),
+        Index(
+            "ix_invoices_open",
+            "customer_id",
+            postgresql_where=OPEN_INVOICE,
+            sqlite_where=OPEN_INVOICE,
         ),
     )
 
@@ -213,6 +222,10 @@ class Invoice(Base):
     voided_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     void_reason: Mapped[str | None] = mapped_column(Text)
     replaces_invoice_id: Mapped[int | None] = mapped_column(ForeignKey("invoices.id"))
+    # When nothing was left due any more (set with the application that settled it; a
+    # zero total is settled when issued). A marker for the index of open invoices: what is
+    # owed is always the total less the sum of the applications (models.collections).
+    settled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
 
 class InvoiceLine(Base):

@@ -177,8 +177,6 @@ def _party(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 OptionalText = Annotated[str, Field(max_length=200)]
 Locale = Annotated[str, AfterValidator(_party(check_locale))]
-# Which customer details a class may require at intake.
-CUSTOMER_DETAILS: Final = ("billing_address", "tax_id", "invoice_email")
 
 
 class _Strict(BaseModel):

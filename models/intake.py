@@ -75,7 +75,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, TypeAdapter, Validat
 from pydantic_core import PydanticCustomError
 
 from models.customer import BalanceControl
+from models.invoice_view import Address
 from models.money import MAX_AMOUNT, decimal_places, is_currency, minor_units
+from models.parties import PartyError, check_address, check_email, check_locale, check_tax_id
 from models.periods import (
     BillingPeriod,
     InvalidTimezone,
@@ -299,6 +301,27 @@ InstantInput = Annotated[str, AfterValidator(_check_created_at)]
 CustomDataInput = dict[str, Any]
 
 
+def _party_check(check: Any) -> Any:
+    """A `models.parties` check as a validator that keeps its code and message."""
+
+    def validate(raw: Any) -> Any:
+        try:
+            value = check(raw)
+        except PartyError as error:
+            raise PydanticCustomError(error.code, error.message) from None
+        return value.as_json() if isinstance(value, Address) else value
+
+    return validate
+
+
+AddressInput = Annotated[dict[str, Any], AfterValidator(_party_check(check_address))]
+TaxIdInput = Annotated[str, AfterValidator(_party_check(check_tax_id))]
+EmailInput = Annotated[str, AfterValidator(_party_check(check_email))]
+LocaleInput = Annotated[str, AfterValidator(_party_check(check_locale))]
+# The buyer's details a customer class can require (`customer_classes.requires`).
+CUSTOMER_DETAILS: Final = ("billing_address", "tax_id", "invoice_email")
+
+
 class CustomerIntake(BaseModel):
     """A validated customer-creation request, ready to store.
 
@@ -321,6 +344,10 @@ class CustomerIntake(BaseModel):
     custom_data: dict[str, Any] = {}
     idempotency_key: str | None = None
     created_at: dt.datetime | None = None
+    billing_address: dict[str, Any] | None = None
+    tax_id: str | None = None
+    invoice_email: str | None = None
+    locale: str | None = None
 
 
 def _strict(kind: Any) -> TypeAdapter[Any]:
@@ -349,6 +376,12 @@ _KEYS: Final[dict[str, _Key]] = {
     "subscriptions": _Key(_strict(list[Any]), False, 'a list such as [{"plan": …, "quantity": 1}]'),
     "idempotency_key": _Key(_strict(IdempotencyKey), False, "a string"),
     "created_at": _Key(_strict(InstantInput), False, "an ISO-8601 instant string"),
+    "billing_address": _Key(
+        _strict(AddressInput), False, "an object {lines, postal_code, city, region, country}"
+    ),
+    "tax_id": _Key(_strict(TaxIdInput), False, "a string (a VAT number or other tax id)"),
+    "invoice_email": _Key(_strict(EmailInput), False, "a string (an e-mail address)"),
+    "locale": _Key(_strict(LocaleInput), False, "a string such as 'fr_FR'"),
 }
 
 ACCEPTED_KEYS: Final = tuple(_KEYS)
@@ -440,6 +473,7 @@ def parse_intake(payload: object, *, now: dt.datetime) -> IntakeDraft:
             draft.problems.extend(_problems_from(name, error, spec.expected))
 
     _check_money_rules(draft)
+    _check_tax_id_country(draft)
     if "subscriptions" in draft.values:
         from models.subscription_requests import parse_subscriptions
 
@@ -457,6 +491,19 @@ def parse_intake(payload: object, *, now: dt.datetime) -> IntakeDraft:
         )
         del draft.values["created_at"]
     return draft
+
+
+def _check_tax_id_country(draft: IntakeDraft) -> None:
+    """A tax id without an EU prefix is checked for the billing address's country."""
+    values = draft.values
+    tax_id, address = values.get("tax_id"), values.get("billing_address")
+    if tax_id is None or address is None:
+        return
+    try:
+        values["tax_id"] = check_tax_id(tax_id, address["country"])
+    except PartyError as error:
+        draft.problems.append(Problem("tax_id", error.code, error.message))
+        del values["tax_id"]
 
 
 def _check_money_rules(draft: IntakeDraft) -> None:
@@ -661,6 +708,7 @@ class CatalogRefs:
     business_model_id: int | None
     customer_class_id: int | None
     custom_fields: tuple[CustomField, ...] = ()
+    requires: tuple[str, ...] = ()  # buyer details the class requires (CUSTOMER_DETAILS)
     plans: Mapping[str, PlanRef] = field(default_factory=dict)  # by name key
 
 
@@ -711,6 +759,11 @@ def finish_intake(draft: IntakeDraft, refs: CatalogRefs | None) -> Accepted | Re
         )
         values["custom_data"] = clean
         problems.extend(custom_problems)
+        for detail in refs.requires:
+            if values.get(detail) is None and detail not in {p.field for p in problems}:
+                problems.append(
+                    Problem(detail, "required", f"class {customer_class!r} requires {detail}")
+                )
     subscriptions: list[tuple[PlanRef, int]] = []
     if draft.subscriptions and refs.reseller_id is not None:
         from models.subscription_requests import check_plans

@@ -29,21 +29,19 @@ from typing import Any, cast
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from pydantic import ValidationError as PydanticValidationError
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models import BalanceControl, Charge, Customer, CustomerStatus, LedgerEntry, Payment
 from models.invoicing_rules import (
-    BalanceChange,
     Refusal,
     apply_charge,
     apply_payment,
-    balance_block_reason,
     is_blocked,
 )
 from models.money import MoneyError, check_currency, parse_amount, round_money
+from tasks.balances import apply_balance_change
 from tasks.base import BillingTask, utcnow
-from tasks.blocks import set_blocked
 from tasks.settlement import apply_credit
 from worker.celery_app import app
 from worker.db import dialect_insert, unit_of_work
@@ -172,35 +170,6 @@ def _insert(session: Session, model: type[Charge] | type[Payment], values: dict[
     return session.execute(statement).scalar_one_or_none()
 
 
-def _apply(
-    session: Session,
-    customer: Customer,
-    change: BalanceChange,
-    *,
-    entry_type: str,
-    now: dt.datetime,
-    charge_id: int | None = None,
-    payment_id: int | None = None,
-) -> None:
-    session.execute(
-        update(Customer).where(Customer.id == customer.id).values(balance=change.balance_after)
-    )
-    reason = balance_block_reason(customer.balance_control)
-    set_blocked(session, customer, reason, change.blocked_after, at=now)
-    session.add(
-        LedgerEntry(
-            customer_id=customer.id,
-            entry_type=entry_type,
-            amount=change.delta,
-            balance_after=change.balance_after,
-            charge_id=charge_id,
-            payment_id=payment_id,
-            created_at=now,
-        )
-    )
-    session.flush()
-
-
 def _closed_refusal(customer: Customer) -> dict[str, Any]:
     closed = customer.closed_at.isoformat() if customer.closed_at is not None else "earlier"
     return _error(
@@ -319,7 +288,9 @@ def _record(session: Session, kind: str, payload: object, *, now: dt.datetime) -
     )
     if row_id is None:  # cannot happen under the row lock; the constraint has the last word
         raise RuntimeError(f"{kind} key {data.idempotency_key!r} inserted concurrently")
-    _apply(session, customer, decision, entry_type=kind, now=now, **{f"{kind}_id": row_id})
+    apply_balance_change(
+        session, customer, decision, entry_type=kind, now=now, **{f"{kind}_id": row_id}
+    )
     if not is_charge and postpaid:
         apply_credit(session, customer, now=now)
     # `blocked` is the customer's state after the change: a payment that clears the credit

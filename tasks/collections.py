@@ -17,8 +17,9 @@ outage catches up and two runs at once are harmless:
 
 Steps: a reminder and the overdue notice write an e-mail to the outbox for each address of
 the class's notification list; `suspend` blocks the customer for reason `overdue` (apart
-from any credit-limit block) and `terminate` sets its status to `terminated`, each with
-its e-mail. A reminder no longer worth sending (the invoice is already overdue) is recorded
+from any credit-limit block) and `terminate` closes the customer at once with its final
+invoice (`tasks.customer_close`) and sets its status to `terminated`, each with its
+e-mail. A reminder no longer worth sending (the invoice is already overdue) is recorded
 without an e-mail.
 
 Commits once per batch of customers (`batch_size`), so a long catch-up keeps its progress.
@@ -33,7 +34,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import exists, or_, select, update
+from sqlalchemy import exists, select, union, update
 from sqlalchemy.orm import Session
 
 from models import (
@@ -48,19 +49,22 @@ from models import (
     Invoice,
     InvoiceStatus,
     Payment,
+    Reseller,
 )
 from models.collections_rules import CollectionPolicy, DueStep, StepKind, steps_due
 from models.invoicing_rules import format_long_date, format_money
 from tasks.base import BillingTask, database_clock
 from tasks.blocks import block
 from tasks.closing import parse_as_of
+from tasks.customer_close import CloseStatus, close_customer
+from tasks.customer_history import Change, record_changes
 from tasks.notifications import queue_mailing_after_commit
 from tasks.settlement import (
-    applied_sum,
     apply_credit,
     notify,
     open_invoices,
     resume_if_clear,
+    try_lock_customer,
 )
 from worker.celery_app import app
 from worker.db import dialect_insert, unit_of_work
@@ -100,34 +104,22 @@ class CollectionsSummary:
         }
 
 
-def _lock_if_free(session: Session, customer_id: int) -> Customer | None:
-    return session.scalars(
-        select(Customer)
-        .where(Customer.id == customer_id)
-        .with_for_update(skip_locked=True)
-        .execution_options(populate_existing=True)
-    ).one_or_none()
-
-
 def _heal_credit(session: Session, summary: CollectionsSummary, now: dt.datetime) -> None:
+    # Driven by the (small, partially indexed) rows of unapplied credit, not by customers.
+    holders = union(
+        select(Payment.customer_id.label("id")).where(Payment.unapplied > 0),
+        select(CreditNote.customer_id.label("id")).where(CreditNote.unapplied > 0),
+    ).subquery()
     open_invoice = exists().where(
-        Invoice.customer_id == Customer.id,
+        Invoice.customer_id == holders.c.id,
         Invoice.status == InvoiceStatus.ISSUED,
-        Invoice.total > applied_sum(Invoice.id),
+        Invoice.settled_at.is_(None),
     )
     with_credit = session.scalars(
-        select(Customer.id)
-        .where(
-            or_(
-                exists().where(Payment.customer_id == Customer.id, Payment.unapplied > 0),
-                exists().where(CreditNote.customer_id == Customer.id, CreditNote.unapplied > 0),
-            ),
-            open_invoice,
-        )
-        .order_by(Customer.id)
+        select(holders.c.id).where(open_invoice).order_by(holders.c.id)
     ).all()
     for customer_id in with_credit:
-        customer = _lock_if_free(session, customer_id)
+        customer = try_lock_customer(session, customer_id)
         if customer is None:
             summary.customers_busy += 1
             continue
@@ -156,7 +148,7 @@ def _candidates(session: Session) -> dict[int, list[Any]]:
         .join(CustomerClass, CustomerClass.id == Customer.customer_class_id)
         .where(
             Invoice.status == InvoiceStatus.ISSUED,
-            Invoice.total > applied_sum(Invoice.id),
+            Invoice.settled_at.is_(None),  # the index of open invoices
         )
         .order_by(Invoice.customer_id, Invoice.due_date, Invoice.number)
     ).all()
@@ -274,17 +266,34 @@ def _take(
         block(session, customer, BlockReason.OVERDUE, at=now, note=note)
         summary.suspended += 1
     elif kind is StepKind.TERMINATE:
-        session.execute(
-            update(Customer)
-            .where(Customer.id == customer.id)
-            .values(status=CustomerStatus.TERMINATED)
-        )
-        customer.status = CustomerStatus.TERMINATED
+        _terminate(session, customer, row.number, now)
         summary.terminated += 1
     subject, body = _message(kind, row, customer, left)
     summary.notifications += notify(
         session, row.id, due.step.name, subject=subject, body=body, now=now
     )
+
+
+def _terminate(session: Session, customer: Customer, number: int, now: dt.datetime) -> None:
+    """Close the customer now with its final invoice (the fees engineer's customer close:
+    usage and fees up to now), then mark it terminated, with both in its history."""
+    if customer.status == CustomerStatus.ACTIVE:
+        reseller = session.scalar(select(Reseller.name).where(Reseller.id == customer.reseller_id))
+        closed = close_customer(
+            session, reseller=reseller, name=customer.name, at=now, now=now, clock_skew=_NO_SKEW
+        )
+        if closed.status is CloseStatus.REFUSED:  # cannot happen for an active customer now
+            raise RuntimeError(f"closing {customer.name!r} to terminate it: {closed.as_json()}")
+    before = customer.status
+    session.execute(
+        update(Customer).where(Customer.id == customer.id).values(status=CustomerStatus.TERMINATED)
+    )
+    customer.status = CustomerStatus.TERMINATED
+    change = Change("status", before, CustomerStatus.TERMINATED.value, now)
+    record_changes(session, customer.id, [change], now=now, request_id=f"collections:{number}")
+
+
+_NO_SKEW = dt.timedelta(0)
 
 
 def _resume_cleared(session: Session, summary: CollectionsSummary, now: dt.datetime) -> None:
@@ -294,7 +303,7 @@ def _resume_cleared(session: Session, summary: CollectionsSummary, now: dt.datet
         .order_by(CustomerBlock.customer_id)
     ).all()
     for customer_id in suspended:
-        customer = _lock_if_free(session, customer_id)
+        customer = try_lock_customer(session, customer_id)
         if customer is None:
             summary.customers_busy += 1
             continue
@@ -315,7 +324,7 @@ def run_collections(
         batch = customer_ids[start : start + batch_size]
         done = _done_steps(session, [row.id for cid in batch for row in candidates[cid]])
         for customer_id in batch:
-            customer = _lock_if_free(session, customer_id)
+            customer = try_lock_customer(session, customer_id)
             if customer is None:
                 summary.customers_busy += 1
                 continue

@@ -44,7 +44,6 @@ from models import (
     InvoiceApplication,
     InvoiceLine,
     InvoiceStatus,
-    LedgerEntry,
     LedgerEntryType,
     Reseller,
 )
@@ -54,15 +53,22 @@ from models.invoicing_rules import (
     PREPAID,
     Refusal,
     apply_payment,
-    balance_block_reason,
     format_money,
     local_date,
 )
 from models.money import MoneyError, parse_amount
 from models.plans import SubscriptionFee
-from tasks.blocks import set_blocked
+from tasks.balances import apply_balance_change
 from tasks.invoicing import generate_invoices
-from tasks.settlement import applied_sum, apply_credit, lock_customer, notify, resume_if_clear
+from tasks.queries import ResellerRef, resolve_reseller
+from tasks.settlement import (
+    applied_sum,
+    apply_credit,
+    lock_customer,
+    mark_settled,
+    notify,
+    resume_if_clear,
+)
 
 
 class CorrectionStatus(StrEnum):
@@ -91,16 +97,16 @@ def _refused(field: str | None, code: str, message: str) -> CorrectionResult:
 
 
 def _find(
-    session: Session, reseller: str, number: int
-) -> tuple[Reseller, Invoice] | CorrectionResult:
-    found = session.scalars(select(Reseller).where(Reseller.name == reseller)).one_or_none()
-    if found is None:
-        return _refused("reseller", "unknown_reseller", f"no reseller {reseller!r}")
+    session: Session, reseller: str | None, number: int
+) -> tuple[ResellerRef, Invoice] | CorrectionResult:
+    found = resolve_reseller(session, reseller)
+    if isinstance(found, Problem):
+        return CorrectionResult(CorrectionStatus.REFUSED, (found,))
     invoice = session.scalars(
         select(Invoice).where(Invoice.reseller_id == found.id, Invoice.number == number)
     ).one_or_none()
     if invoice is None:
-        return _refused("number", "unknown_invoice", f"{reseller!r} has no invoice {number}")
+        return _refused("number", "unknown_invoice", f"{found.name!r} has no invoice {number}")
     return found, invoice
 
 
@@ -118,7 +124,7 @@ def _relock(session: Session, invoice: Invoice) -> Invoice:
 
 
 def void_invoice(
-    session: Session, *, reseller: str, number: int, reason: str, now: dt.datetime
+    session: Session, *, reseller: str | None, number: int, reason: str, now: dt.datetime
 ) -> CorrectionResult:
     """Void an unpaid issued invoice; its charges and period wait for a reissue."""
     reason = reason.strip()
@@ -176,7 +182,7 @@ def void_invoice(
 
 
 def reissue_invoice(
-    session: Session, *, reseller: str, number: int, now: dt.datetime
+    session: Session, *, reseller: str | None, number: int, now: dt.datetime
 ) -> CorrectionResult:
     """Issue the replacement of void invoice NUMBER for the same period, with a new number."""
     found = _find(session, reseller, number)
@@ -233,7 +239,7 @@ def reissue_invoice(
 def credit_invoice(
     session: Session,
     *,
-    reseller: str,
+    reseller: str | None,
     number: int,
     amount: str,
     reason: str,
@@ -330,26 +336,13 @@ def _ledger(session: Session, customer: Customer, note: CreditNote, now: dt.date
     )
     if isinstance(change, Refusal):  # cannot happen: a positive amount is always accepted
         raise RuntimeError(change.message)
-    session.execute(
-        update(Customer).where(Customer.id == customer.id).values(balance=change.balance_after)
-    )
-    session.add(
-        LedgerEntry(
-            customer_id=customer.id,
-            entry_type=LedgerEntryType.CREDIT_NOTE,
-            amount=change.delta,
-            balance_after=change.balance_after,
-            credit_note_id=note.id,
-            created_at=now,
-        )
-    )
-    session.flush()
-    set_blocked(
+    apply_balance_change(
         session,
         customer,
-        balance_block_reason(customer.balance_control),
-        change.blocked_after,
-        at=now,
+        change,
+        entry_type=LedgerEntryType.CREDIT_NOTE,
+        now=now,
+        credit_note_id=note.id,
     )
 
 
@@ -374,3 +367,4 @@ def _apply_to_own_invoice(
         update(CreditNote).where(CreditNote.id == note.id).values(unapplied=note.amount - take)
     )
     session.flush()
+    mark_settled(session, [invoice.id], now=now)

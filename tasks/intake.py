@@ -78,9 +78,10 @@ def _catalog_refs(session: Session, draft: IntakeDraft) -> CatalogRefs:
             lookup(BusinessModel.id, BusinessModel.name, business_model),
             lookup(CustomerClass.id, CustomerClass.name, customer_class),
             lookup(CustomerClass.custom_fields, CustomerClass.name, customer_class),
+            lookup(CustomerClass.requires, CustomerClass.name, customer_class),
         )
     ).one()
-    reseller_id, business_model_id, class_id, custom_fields = row
+    reseller_id, business_model_id, class_id, custom_fields, requires = row
     plans = (
         plans_named(session, reseller_id, [r.plan for r in draft.subscriptions])
         if reseller_id is not None and draft.subscriptions
@@ -92,6 +93,7 @@ def _catalog_refs(session: Session, draft: IntakeDraft) -> CatalogRefs:
         customer_class_id=class_id,
         custom_fields=tuple(CustomField.from_json(f) for f in custom_fields or ()),
         plans=plans,
+        requires=tuple(requires or ()),
     )
 
 
@@ -177,6 +179,10 @@ def _store(
         "credit_limit": None if prepaid else intake.credit_limit,
         "balance": funds if prepaid else Decimal(0),
         "custom_data": intake.custom_data,
+        "billing_address": intake.billing_address,
+        "tax_id": intake.tax_id,
+        "invoice_email": intake.invoice_email,
+        "locale": intake.locale,
         "created_at": created_at,
         "created_local_date": created_local_date,
         "current_period_start": _utc(period.start),

@@ -44,15 +44,15 @@ from models import (
     Invoice,
     InvoiceApplication,
     InvoiceStatus,
-    LedgerEntry,
     LedgerEntryType,
     Notification,
     Payment,
     Reseller,
 )
 from models.collections_rules import OpenInvoice, allocate, overdue_since
-from models.invoicing_rules import PREPAID, balance_block_reason, is_blocked
-from tasks.blocks import set_blocked, unblock
+from models.invoicing_rules import PREPAID, BalanceChange, is_blocked
+from tasks.balances import apply_balance_change
+from tasks.blocks import unblock
 from worker.db import dialect_insert
 
 SUSPEND = "suspend"  # models.collections_rules.StepKind.SUSPEND
@@ -69,12 +69,41 @@ def applied_sum(invoice_id: Any) -> ScalarSelect[Decimal]:
 
 
 def lock_customer(session: Session, customer_id: int) -> Customer:
+    """The customer row, locked until the transaction ends."""
+    customer = try_lock_customer(session, customer_id, skip_locked=False)
+    assert customer is not None
+    return customer
+
+
+def try_lock_customer(
+    session: Session, customer_id: int, *, skip_locked: bool = True
+) -> Customer | None:
+    """The customer row locked, or None if another transaction holds it (`skip_locked`)."""
     return session.scalars(
         select(Customer)
         .where(Customer.id == customer_id)
-        .with_for_update()
+        .with_for_update(skip_locked=skip_locked)
         .execution_options(populate_existing=True)
-    ).one()
+    ).one_or_none()
+
+
+def mark_settled(session: Session, invoice_ids: Iterable[int], *, now: dt.datetime) -> None:
+    """Mark those of `invoice_ids` that nothing is left due on as settled (`settled_at`),
+    in the transaction that applied the money, so they leave the index of open invoices."""
+    ids = sorted(set(invoice_ids))
+    if not ids:
+        return
+    session.execute(
+        update(Invoice)
+        .where(
+            Invoice.id.in_(ids),
+            Invoice.status == InvoiceStatus.ISSUED,
+            Invoice.settled_at.is_(None),
+            Invoice.total <= applied_sum(Invoice.id),
+        )
+        .values(settled_at=now)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def open_invoices(session: Session, customer_id: int) -> list[tuple[OpenInvoice, str]]:
@@ -93,6 +122,7 @@ def open_invoices(session: Session, customer_id: int) -> list[tuple[OpenInvoice,
         .where(
             Invoice.customer_id == customer_id,
             Invoice.status == InvoiceStatus.ISSUED,
+            Invoice.settled_at.is_(None),
             Invoice.total > applied,
         )
     ).all()
@@ -110,6 +140,7 @@ def apply_credit(session: Session, customer: Customer, *, now: dt.datetime) -> D
     if not invoices:
         return Decimal(0)
     total = Decimal(0)
+    touched: list[int] = []
     sources: list[tuple[type[Payment] | type[CreditNote], int, Decimal]] = [
         (Payment, row.id, row.unapplied)
         for row in session.execute(
@@ -134,6 +165,7 @@ def apply_credit(session: Session, customer: Customer, *, now: dt.datetime) -> D
             update(model).where(model.id == source_id).values(unapplied=result.leftover)
         )
         for invoice_id, amount in result.applied:
+            touched.append(invoice_id)
             left = invoices[invoice_id].due - amount
             total += amount
             if left > 0:
@@ -143,6 +175,7 @@ def apply_credit(session: Session, customer: Customer, *, now: dt.datetime) -> D
             else:
                 del invoices[invoice_id]
     if total:
+        mark_settled(session, touched, now=now)
         resume_if_clear(session, customer, now=now)
     return total
 
@@ -178,8 +211,9 @@ def _write_applications(
 
 def settle_issued(session: Session, invoice_ids: Iterable[int], *, now: dt.datetime) -> None:
     """The invoice-issuing hook, for a whole batch of just-issued invoices: prepaid ones are
-    paid from funds, postpaid customers with credit get it applied. Costs two statements
-    when no customer of the batch is prepaid or holds credit."""
+    paid from funds, zero totals are settled, postpaid customers with credit get it
+    applied. Costs three statements when no customer of the batch is prepaid or holds
+    credit, whatever the batch's size."""
     ids = sorted(set(invoice_ids))
     if not ids:
         return
@@ -207,6 +241,7 @@ def settle_issued(session: Session, invoice_ids: Iterable[int], *, now: dt.datet
         for row in sorted(prepaid, key=lambda r: r.customer_id):
             if row.tax > 0:
                 _take_prepaid_tax(session, row.customer_id, row.tax, now=now)
+    mark_settled(session, ids, now=now)  # prepaid ones, and zero totals (paid when issued)
     has_credit = or_(
         exists().where(Payment.customer_id == Invoice.customer_id, Payment.unapplied > 0),
         exists().where(CreditNote.customer_id == Invoice.customer_id, CreditNote.unapplied > 0),
@@ -224,24 +259,8 @@ def _take_prepaid_tax(
     """Take a prepaid invoice's tax from the funds (no charge paid it), as one ledger entry."""
     customer = lock_customer(session, customer_id)
     after = customer.balance - tax
-    session.execute(update(Customer).where(Customer.id == customer_id).values(balance=after))
-    session.add(
-        LedgerEntry(
-            customer_id=customer_id,
-            entry_type=LedgerEntryType.INVOICE_TAX,
-            amount=-tax,
-            balance_after=after,
-            created_at=now,
-        )
-    )
-    session.flush()
-    set_blocked(
-        session,
-        customer,
-        balance_block_reason(customer.balance_control),
-        is_blocked(customer.balance_control, after, customer.credit_limit),
-        at=now,
-    )
+    change = BalanceChange(-tax, after, is_blocked(customer.balance_control, after, None))
+    apply_balance_change(session, customer, change, entry_type=LedgerEntryType.INVOICE_TAX, now=now)
 
 
 def overdue_invoice_ids(session: Session, customer_id: int, *, at: dt.datetime) -> list[int]:

@@ -8,6 +8,7 @@ import datetime as dt
 import json
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -455,3 +456,57 @@ def test_the_correction_commands_and_the_state_filter(worker, clean_db) -> None:
     assert numbers("paid") == [second.number]  # settled by its credit note
     assert numbers("issued") == [3]  # the replacement, issued now, due in 5 days
     assert numbers("overdue") == []
+
+
+def test_concurrent_payments_and_invoice_generation_never_overpay(worker, clean_db) -> None:
+    """Twelve payments sent at once through two worker processes while three invoices are
+    generated: every payment is applied in full or kept as credit, no invoice is paid past
+    its total, and no credit is left while an invoice is open."""
+    from tasks.charges import record_charge
+    from tasks.invoicing import generate_invoices_task
+
+    months = [dt.date(2026, m, 1) for m in range(1, 6)]
+    customer = _customer(created=months[0], period_end=months[1])
+    _invoice(customer, months[0], months[1], "35.00", local_midnight(months[1], "UTC"))
+    with unit_of_work() as session:
+        pending = []
+        for start, end in pairwise(months[1:]):
+            used = local_midnight(start, "UTC") + dt.timedelta(hours=2)
+            record_charge(session, charge_payload(customer, "27.50", used, f"c-{start}"), now=used)
+            pending.append(close_period(session, customer, start, end).id)
+
+    from tasks.charges import record_payment_task
+
+    payments = [
+        record_payment_task.delay(
+            payment_payload(customer, "10.00", _utc("2026-05-02T10:00Z"), f"p{i}")
+        )
+        for i in range(12)
+    ]
+    invoices = [generate_invoices_task.delay([pid]) for pid in pending]
+    assert all(p.get(timeout=60)["status"] == "recorded" for p in payments)
+    assert sum(r.get(timeout=60)["issued"] for r in invoices) == 3
+
+    with unit_of_work() as session:
+        totals = dict(session.execute(select(Invoice.id, Invoice.total)).all())
+        applied = dict(
+            session.execute(
+                select(InvoiceApplication.invoice_id, func.sum(InvoiceApplication.amount)).group_by(
+                    InvoiceApplication.invoice_id
+                )
+            ).all()
+        )
+        rests = session.execute(select(Payment.id, Payment.amount, Payment.unapplied)).all()
+        by_payment = dict(
+            session.execute(
+                select(InvoiceApplication.payment_id, func.sum(InvoiceApplication.amount)).group_by(
+                    InvoiceApplication.payment_id
+                )
+            ).all()
+        )
+    assert sum(totals.values()) == D("117.50")
+    assert all(applied.get(i, 0) <= total for i, total in totals.items())
+    for payment_id, amount, unapplied in rests:
+        assert by_payment.get(payment_id, 0) + unapplied == amount
+    assert sum(applied.values()) == D("117.50")  # 120 paid: every invoice settled
+    assert sum(r.unapplied for r in rests) == D("2.50")

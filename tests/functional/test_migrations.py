@@ -379,6 +379,9 @@ def test_the_collections_revision_settles_what_was_paid_before_it(database) -> N
             assert [tuple(r) for r in applied] == [(2, "prepaid_funds")]
             rests = conn.execute(sa.select(PAYMENT_REST).order_by(PAYMENT_REST.c.id)).all()
             assert [tuple(r) for r in rests] == [(1, Decimal("25.00")), (2, Decimal(0))]
+            settled = sa.table("invoices", sa.column("id"), sa.column("settled_at", UTCDateTime()))
+            marks = conn.execute(sa.select(settled).order_by(settled.c.id)).all()
+            assert [tuple(r) for r in marks] == [(1, None), (2, CREATED)]
         with Session(engine) as session:
             summary = run_collections(session, now=dt.datetime(2026, 4, 1, tzinfo=dt.UTC))
             session.commit()

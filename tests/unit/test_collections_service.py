@@ -35,6 +35,7 @@ from tests.invoicing_factories import (
     billing_customer,
     charge_payload,
     close_period,
+    local_midnight,
     payment_payload,
 )
 from worker.db import make_engine
@@ -94,6 +95,15 @@ def _applied(session, invoice: Invoice) -> Decimal:
     )
 
 
+def _settled_marks_agree(session) -> None:
+    """`settled_at` is set exactly on the issued invoices nothing is left due on."""
+    issued = select(Invoice).where(Invoice.status == "issued")
+    for invoice in session.scalars(issued.execution_options(populate_existing=True)):
+        assert (invoice.settled_at is not None) == (_applied(session, invoice) >= invoice.total), (
+            invoice.number
+        )
+
+
 def _pay(session, customer, amount, when, key):
     result = record_payment(session, payment_payload(customer, amount, when, key), now=when)
     assert result["status"] == "recorded", result
@@ -121,6 +131,7 @@ def test_a_payment_pays_the_older_invoice_first_and_the_rest_waits_for_the_next(
         (may.id, D("15.00"))
     ]
     assert balance_mismatches(session) == []
+    _settled_marks_agree(session)
 
 
 def test_a_replayed_payment_applies_nothing_twice(session) -> None:
@@ -159,6 +170,7 @@ def test_a_zero_invoice_is_paid_and_a_prepaid_invoice_is_paid_from_funds(session
     ).one()
     assert (tax.amount, tax.balance_after) == (D("-4.00"), D("56.00"))
     assert balance_mismatches(session) == []
+    _settled_marks_agree(session)
 
 
 def _steps(session, invoice) -> list[tuple[str, bool]]:
@@ -217,6 +229,7 @@ def test_the_ladder_runs_once_per_step_and_payment_resumes_a_suspended_customer(
         .order_by(Notification.id)
     ).all()
     assert topics == ["invoice", "reminder:3", "overdue_notice", "suspend", "resume"]
+    _settled_marks_agree(session)
 
 
 def test_corrections_void_reissue_and_credit_notes(session) -> None:
@@ -267,6 +280,7 @@ def test_corrections_void_reissue_and_credit_notes(session) -> None:
     assert _applied(session, april) == D("10.00")
     assert session.scalar(select(func.sum(CreditNote.unapplied))) == 0
     assert balance_mismatches(session) == []
+    _settled_marks_agree(session)
 
 
 def test_the_charges_of_a_void_invoice_wait_for_its_replacement(session) -> None:
@@ -315,3 +329,38 @@ def test_a_void_invoice_s_fees_are_billed_again_on_its_replacement(session, monk
     assert reissued["total"] == "31.00"
     fees = session.execute(select(SubscriptionFee.invoice_id, SubscriptionFee.amount)).all()
     assert [tuple(f) for f in fees] == [(reissued["invoice_id"], D("31.00"))]
+
+
+def test_termination_closes_the_customer_with_a_final_period(session) -> None:
+    """M days overdue: the customer is closed at the run's instant (its last period cut
+    there, for the final invoice) and marked terminated, once."""
+    from models import CustomerChange
+
+    customer = billing_customer(session, created=MAR1, period_end=APR1, class_fields=POLICY)
+    _invoice(session, customer, MAR1, APR1, "30.00")  # due Apr 11, overdue Apr 12
+    # The factory leaves the current period at March; the closer would have moved it on.
+    customer = session.get(Customer, customer.id)
+    customer.current_period_start = local_midnight(APR1, "UTC")
+    customer.current_period_end = local_midnight(MAY1, "UTC")
+    session.flush()
+
+    when = at(dt.date(2026, 5, 3))  # Apr 12 + 20 days = May 2
+    summary = run_collections(session, now=when)
+    again = run_collections(session, now=when + dt.timedelta(days=1))
+
+    assert (summary.terminated, again.terminated) == (1, 0)
+    stored = session.get(Customer, customer.id)
+    session.refresh(stored)
+    assert (stored.status, stored.closed_at) == ("terminated", when)
+    last = session.scalars(
+        select(ClosedPeriod)
+        .where(ClosedPeriod.customer_id == customer.id)
+        .order_by(ClosedPeriod.period_start.desc())
+    ).first()
+    assert (last.period_start, last.period_end) == (local_midnight(MAY1, "UTC"), when)
+    history = session.scalars(
+        select(CustomerChange.new_value).where(
+            CustomerChange.customer_id == customer.id, CustomerChange.field == "status"
+        )
+    ).all()
+    assert history == ["closed", "terminated"]

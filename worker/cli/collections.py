@@ -8,7 +8,6 @@ import json
 from typing import Any
 
 import click
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from worker.cli.customers import customers
@@ -94,10 +93,12 @@ def run_command(as_of: str | None, as_json: bool) -> None:
 
 @invoices.command("void")
 @click.argument("number", type=int)
-@click.option("--reseller", required=True, help="The reseller whose invoice NUMBER it is.")
+@click.option(
+    "--reseller", help="The reseller whose invoice NUMBER it is (needed if there are several)."
+)
 @click.option("--reason", required=True, help="Why it is voided (kept with the invoice).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def void_command(number: int, reseller: str, reason: str, as_json: bool) -> None:
+def void_command(number: int, reseller: str | None, reason: str, as_json: bool) -> None:
     """Void unpaid invoice NUMBER: its charges wait for `billing invoices reissue`."""
     from tasks.corrections import void_invoice
 
@@ -109,15 +110,17 @@ def void_command(number: int, reseller: str, reason: str, as_json: bool) -> None
         result,
         as_json,
         f"invoice {number} is void; {result.get('charges_released')} charge(s) released; "
-        f"`billing invoices reissue {number} --reseller {reseller}` issues its replacement",
+        f"`billing invoices reissue {number}` issues its replacement",
     )
 
 
 @invoices.command("reissue")
 @click.argument("number", type=int)
-@click.option("--reseller", required=True, help="The reseller whose invoice NUMBER it is.")
+@click.option(
+    "--reseller", help="The reseller whose invoice NUMBER it is (needed if there are several)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def reissue_command(number: int, reseller: str, as_json: bool) -> None:
+def reissue_command(number: int, reseller: str | None, as_json: bool) -> None:
     """Issue the replacement of void invoice NUMBER, for the same period, with a new number."""
     from tasks.corrections import reissue_invoice
 
@@ -134,11 +137,15 @@ def reissue_command(number: int, reseller: str, as_json: bool) -> None:
 
 @invoices.command("credit")
 @click.argument("number", type=int)
-@click.option("--reseller", required=True, help="The reseller whose invoice NUMBER it is.")
+@click.option(
+    "--reseller", help="The reseller whose invoice NUMBER it is (needed if there are several)."
+)
 @click.option("--amount", required=True, help="The amount credited, e.g. 12.50.")
 @click.option("--reason", required=True, help="What the credit is for.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def credit_command(number: int, reseller: str, amount: str, reason: str, as_json: bool) -> None:
+def credit_command(
+    number: int, reseller: str | None, amount: str, reason: str, as_json: bool
+) -> None:
     """Issue a credit note against invoice NUMBER (its own gapless numbers per reseller)."""
     from tasks.corrections import credit_invoice
 
@@ -162,25 +169,25 @@ def credit_command(number: int, reseller: str, amount: str, reason: str, as_json
 
 @customers.command("statement")
 @click.argument("name")
-@click.option("--reseller", required=True, help="The customer's reseller.")
+@click.option("--reseller", help="The customer's reseller (needed if there are several).")
 @click.option("--as-of", metavar="ISO-8601", help="The statement at this instant. Default: now.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def statement_command(name: str, reseller: str, as_of: str | None, as_json: bool) -> None:
+def statement_command(name: str, reseller: str | None, as_of: str | None, as_json: bool) -> None:
     """Invoices, payments and credit notes of NAME with a running balance, and what is
     overdue since when."""
-    from models import Customer, Reseller
+    from models.intake import Problem
+    from tasks.queries import customer_by_name, resolve_reseller
     from tasks.statements import customer_statement
 
     given = _parse_as_of(as_of)
     with unit_of_work() as session:
         at = _now(session, given)
-        customer = session.scalars(
-            select(Customer)
-            .join(Reseller, Reseller.id == Customer.reseller_id)
-            .where(Reseller.name == reseller, func.lower(Customer.name) == func.lower(name))
-        ).one_or_none()
+        found = resolve_reseller(session, reseller)
+        if isinstance(found, Problem):
+            raise click.ClickException(found.message)
+        customer = customer_by_name(session, found.id, name.strip())
         if customer is None:
-            raise click.ClickException(f"reseller {reseller!r} has no customer named {name!r}")
+            raise click.ClickException(f"{found.name!r} has no customer named {name!r}")
         statement = customer_statement(session, customer, at=at)
     if as_json:
         click.echo(json.dumps(statement, indent=2, ensure_ascii=False))

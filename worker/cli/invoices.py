@@ -156,7 +156,9 @@ def show_invoice(
     from models import Invoice, InvoiceLine, Reseller
     from models.invoicing_rules import format_rate
     from models.money import round_money
+    from tasks.base import database_clock
     from tasks.invoice_documents import load_invoice_view
+    from tasks.statements import standings
 
     query = _query().where(Invoice.number == number)
     if reseller:
@@ -172,6 +174,9 @@ def show_invoice(
             )
         invoice, customer_name, reseller_name = rows[0]
         item = _as_dict(invoice, customer_name, reseller_name)
+        standing = standings(session, [invoice], at=database_clock(session)).get(invoice.id)
+        if standing is not None:
+            item |= standing.as_json(invoice.currency)
         item["lines"] = [
             {
                 "description": line.description,
@@ -197,6 +202,8 @@ def show_invoice(
     click.echo(f"  subtotal {item['subtotal']} {item['currency']}")
     click.echo(f"  {item['tax_name']} ({format_rate(Decimal(item['tax_rate']))}) {item['tax']}")
     click.echo(f"  total {item['total']} {item['currency']}")
+    if "state" in item:
+        click.echo(f"  {item['state']}: {item['amount_due']} {item['currency']} due")
     for path in written:
         click.echo(f"document written to {path}")
 

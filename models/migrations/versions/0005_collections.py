@@ -59,6 +59,7 @@ def upgrade() -> None:
         b.add_column(sa.Column("voided_at", models.base.UTCDateTime(), nullable=True))
         b.add_column(sa.Column("void_reason", sa.Text(), nullable=True))
         b.add_column(sa.Column("replaces_invoice_id", KEY, nullable=True))
+        b.add_column(sa.Column("settled_at", models.base.UTCDateTime(), nullable=True))
         b.create_foreign_key(
             op.f("fk_invoices_replaces_invoice_id_invoices"),
             "invoices",
@@ -253,6 +254,24 @@ def upgrade() -> None:
         """
     )
 
+    # What is already settled: zero totals and the prepaid invoices just paid from funds.
+    op.execute(
+        """
+        UPDATE invoices SET settled_at = issued_at
+        WHERE status = 'issued' AND total <= (
+            SELECT COALESCE(SUM(a.amount), 0) FROM invoice_applications a
+            WHERE a.invoice_id = invoices.id
+        )
+        """
+    )
+    op.create_index(
+        "ix_invoices_open",
+        "invoices",
+        ["customer_id"],
+        postgresql_where=sa.text("status = 'issued' AND settled_at IS NULL"),
+        sqlite_where=sa.text("status = 'issued' AND settled_at IS NULL"),
+    )
+
     op.create_table(
         "collection_steps",
         sa.Column("id", KEY, nullable=False),
@@ -303,6 +322,7 @@ def downgrade() -> None:
     with op.batch_alter_table("invoice_lines", reflect_kwargs=NO_REFERRED) as b:
         b.create_unique_constraint(op.f("uq_invoice_lines_charge_id"), ["charge_id"])
         b.drop_column("void")
+    op.drop_index("ix_invoices_open", table_name="invoices")
     op.drop_index("uq_invoices_live_closed_period", table_name="invoices")
     with op.batch_alter_table("invoices", reflect_kwargs=NO_REFERRED) as b:
         b.drop_constraint(op.f("ck_invoices_void_dated"), type_="check")
@@ -313,6 +333,7 @@ def downgrade() -> None:
         b.create_unique_constraint(op.f("uq_invoices_closed_period_id"), ["closed_period_id"])
         b.drop_constraint(op.f("fk_invoices_replaces_invoice_id_invoices"), type_="foreignkey")
         b.drop_column("replaces_invoice_id")
+        b.drop_column("settled_at")
         b.drop_column("void_reason")
         b.drop_column("voided_at")
     with op.batch_alter_table("customer_classes", reflect_kwargs=NO_REFERRED) as b:
