@@ -60,7 +60,7 @@ class CustomerClass(Base):
     """Parameters shared by every customer of the class.
 
     `custom_fields` is a list of `{"name": str, "type": str, "mandatory": bool}`; `type` is
-    one of `models.intake.CUSTOM_FIELD_TYPES`.
+    one of `models.custom_fields.CUSTOM_FIELD_TYPES`.
 
     The collection policy (`models.collections_rules.CollectionPolicy`): `reminder_days`
     (days before the due date), `overdue_notice`, `suspend_after_days` and

@@ -39,7 +39,7 @@ Pure parsing and validation, no I/O: `parse_catalog(text)` returns a `CatalogFil
 
 Each section is optional. `tax_rate` is best written as a string; a plain YAML/JSON number
 is accepted and read as the digits it was written with (0.2 is "0.2", never a binary float).
-Custom field types are `models.intake.CUSTOM_FIELD_TYPES`.
+Custom field types are `models.custom_fields.CUSTOM_FIELD_TYPES`.
 """
 
 from __future__ import annotations
@@ -62,15 +62,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from models.intake import (
-    CUSTOM_FIELD_TYPES,
-    CustomField,
-    Problem,
-    has_control_characters,
-    is_email,
-    parse_decimal_text,
-)
+from models.custom_fields import CUSTOM_FIELD_TYPES, CustomField
 from models.invoice_view import Address
+from models.money import parse_decimal_text
 from models.parties import (
     PartyError,
     check_address,
@@ -80,6 +74,7 @@ from models.parties import (
     check_locale,
     check_tax_id,
 )
+from models.validation import Problem, has_control_characters, is_email, problems_from
 
 MAX_CATALOG_BYTES: Final = 4 * 1024 * 1024
 TAX_RATE_PLACES: Final = 6  # models.base.Rate()
@@ -177,8 +172,6 @@ def _party(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 OptionalText = Annotated[str, Field(max_length=200)]
 Locale = Annotated[str, AfterValidator(_party(check_locale))]
-# Which customer details a class may require at intake.
-CUSTOMER_DETAILS: Final = ("billing_address", "tax_id", "invoice_email")
 
 
 class _Strict(BaseModel):
@@ -277,38 +270,6 @@ class CatalogFile(_Strict):
     customer_classes: list[CustomerClassSpec] = []
 
 
-def _path(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in {"str", "int", "float"} or "[" in part or part.startswith("function-"):
-            continue  # union member labels pydantic adds to the location
-        else:
-            out += f".{part}" if out else part
-    return out
-
-
-_CODES: Final = {
-    "missing": "required",
-    "extra_forbidden": "unknown_field",
-    "string_too_long": "too_long",
-    "too_long": "too_long",
-    "greater_than_equal": "out_of_range",
-    "less_than_equal": "out_of_range",
-}
-
-
-def _problems(error: ValidationError) -> list[Problem]:
-    problems: dict[tuple[str, str], Problem] = {}
-    for detail in error.errors(include_url=False):
-        kind = detail["type"]
-        code = _CODES.get(kind, "invalid_type" if kind.endswith("_type") else kind)
-        where = _path(detail["loc"])
-        problems.setdefault((where, code), Problem(where or None, code, detail["msg"]))
-    return list(problems.values())
-
-
 def _duplicates(catalog: CatalogFile) -> list[Problem]:
     problems = []
     sections: dict[str, list[Any]] = {
@@ -359,7 +320,7 @@ def validate_catalog(data: object) -> CatalogFile:
     try:
         catalog = CatalogFile.model_validate(data)
     except ValidationError as error:
-        raise CatalogFileError(_problems(error)) from None
+        raise CatalogFileError(problems_from(error)) from None
     duplicates = _duplicates(catalog)
     if duplicates:
         raise CatalogFileError(duplicates)

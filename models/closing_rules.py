@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import pendulum
 
+from models.invoicing_rules import local_date
 from models.periods import BillingPeriod, Period, next_period
 
 # An anniversary on the 29th, 30th or 31st bills from the 28th to the 28th after the
@@ -78,7 +79,7 @@ class GroupedPeriods:
         key = (instant, tz)
         found = self._dates.get(key)
         if found is None:
-            found = self._dates[key] = _plain_date(pendulum.instance(instant).in_timezone(tz))
+            found = self._dates[key] = local_date(instant, tz)
         return found
 
 

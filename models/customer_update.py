@@ -26,11 +26,10 @@ from models.intake import (
     CatalogName,
     CustomerName,
     IdempotencyKey,
-    Problem,
     TimezoneName,
-    _problems_from,
 )
 from models.subscription_requests import SubscriptionRequest, parse_subscriptions
+from models.validation import Problem, problems_from
 
 CHANGE_KEYS: Final = (
     "customer_class",
@@ -76,7 +75,7 @@ def _check(name: str, raw: object) -> tuple[Any, list[Problem]]:
     try:
         return adapter.validate_python(raw, strict=True), []
     except ValidationError as error:
-        return None, _problems_from(name, error, expected)
+        return None, problems_from(error, field=name, expected=expected)
 
 
 def parse_update(payload: object) -> UpdateDraft:

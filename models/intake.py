@@ -50,29 +50,33 @@ Money rules: `credit_limit` (postpaid only; absent means no limit) and `availabl
 (prepaid only; absent means zero, and a prepaid customer with zero funds starts blocked)
 are non-negative decimal strings (or JSON integers), never floats.
 
-Custom data: each value must have its field's type. A value may be given as its JSON type or,
-since CSV carries only text, as its canonical text form: integers `42` or `"42"`, booleans
-`true` or `"true"`/`"false"`, decimals `"12.50"` or `12`, dates `"2026-03-19"`, e-mails
-`"ops@example.com"`. Stored values are normalised (integers and booleans as JSON types,
-decimals, dates and e-mails as text).
+Custom data: each value must have its field's type (see `models/custom_fields.py`).
+The codes shared by every payload are described in `models/validation.py`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import re
-import unicodedata
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Annotated, Any, Final
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, TypeAdapter, ValidationError
-from pydantic_core import PydanticCustomError
 
+from models.custom_fields import CUSTOM_FIELD_TYPES, CustomField, check_custom_data
 from models.customer import BalanceControl
-from models.money import MAX_AMOUNT, decimal_places, is_currency, minor_units
+from models.invoice_view import Address
+from models.money import (
+    MoneyError,
+    decimal_places,
+    is_currency,
+    minor_units,
+    parse_decimal,
+    parse_decimal_text,
+)
+from models.parties import PartyError, check_address, check_email, check_locale, check_tax_id
 from models.periods import (
     BillingPeriod,
     InvalidTimezone,
@@ -80,51 +84,42 @@ from models.periods import (
     parse_rule,
     validate_timezone,
 )
+from models.validation import (
+    Problem,
+    check_instant,
+    has_control_characters,
+    is_email,
+    parse_instant,
+    problems_from,
+)
+from models.validation import refusal as _fail
+
+# Names that moved to models/validation.py, models/money.py and models/custom_fields.py,
+# re-exported for code written before the split; import them from their own module.
+__all__ = [
+    "CUSTOM_FIELD_TYPES",
+    "CustomField",
+    "Problem",
+    "check_custom_data",
+    "has_control_characters",
+    "is_email",
+    "parse_decimal_text",
+    "parse_instant",
+]
 
 MAX_PAYLOAD_BYTES: Final = 16 * 1024
 MAX_NAME_LENGTH: Final = 100
 MAX_CATALOG_NAME_LENGTH: Final = 100
 MAX_IDEMPOTENCY_KEY_LENGTH: Final = 200
-MAX_CUSTOM_TEXT_LENGTH: Final = 1000
 # Imports of existing customers may not predate this; the period engine and the closer's
 # catch-up are not meant to replay more than half a century of periods.
 EARLIEST_CREATED_AT: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-
-CUSTOM_FIELD_TYPES: Final = ("string", "integer", "decimal", "boolean", "date", "email")
 
 BILLING_PERIODS: Final = tuple(rule.value for rule in BillingPeriod)
 
 
 # --------------------------------------------------------------------------------------------
-# Errors
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One validation failure: which key, a stable code, and a message a person can act on."""
-
-    field: str | None
-    code: str
-    message: str
-
-    def as_dict(self) -> dict[str, str | None]:
-        return {"field": self.field, "code": self.code, "message": self.message}
-
-
-def _fail(code: str, message: str) -> PydanticCustomError:
-    return PydanticCustomError(code, message)
-
-
-# --------------------------------------------------------------------------------------------
 # Text rules
-
-# Control characters, lone surrogates and Unicode line/paragraph separators; format
-# characters (Cf) stay allowed: zero-width joiners are part of some scripts and emoji.
-_FORBIDDEN_CATEGORIES: Final = frozenset({"Cc", "Cs", "Zl", "Zp"})
-
-
-def has_control_characters(text: str, *, allow: str = "") -> bool:
-    return any(unicodedata.category(ch) in _FORBIDDEN_CATEGORIES and ch not in allow for ch in text)
 
 
 def _check_customer_name(raw: str) -> str:
@@ -207,69 +202,23 @@ def _check_currency(raw: str) -> str:
 # --------------------------------------------------------------------------------------------
 # Amounts
 
-_DECIMAL_TEXT: Final = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)", re.ASCII)
-
-
-def parse_decimal_text(raw: str | int) -> Decimal | None:
-    """A plain decimal (`"12.50"`, `"-3"`, `7`) as Decimal; None if it is not one.
-
-    Only ASCII digits and one optional point: no exponents, no thousands separators, no
-    NaN or infinity, so what a person typed is exactly what is stored.
-    """
-    if isinstance(raw, int):
-        return Decimal(raw)
-    text = raw.strip()
-    if len(text) > 64 or not _DECIMAL_TEXT.fullmatch(text):
-        return None
-    try:
-        return Decimal(text)
-    except InvalidOperation:  # pragma: no cover - the pattern admits only valid decimals
-        return None
-
 
 def _check_amount(raw: str | int) -> Decimal:
-    amount = parse_decimal_text(raw)
-    if amount is None:
-        raise _fail(
-            "invalid_decimal",
-            f'{raw!r} is not a decimal amount; write it as a string such as "500.00"',
-        )
+    try:
+        amount = parse_decimal(raw)
+    except MoneyError as error:
+        raise _fail(error.code, str(error)) from None
     if amount < 0:
         raise _fail("negative", f"{raw!r} is negative; amounts must be zero or more")
-    if amount >= MAX_AMOUNT:
-        raise _fail("too_large", f"{raw!r} is too large (at most {MAX_AMOUNT - 1})")
-    return amount + 0  # turns -0 into 0
+    return amount
 
 
 # --------------------------------------------------------------------------------------------
 # created_at
 
 
-def parse_instant(raw: str) -> dt.datetime | None:
-    """An ISO-8601 instant with a UTC offset (or `Z`) as an aware UTC datetime; else None."""
-    text = raw.strip()
-    if len(text) > 64:
-        return None
-    try:
-        value = dt.datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if value.tzinfo is None or value.utcoffset() is None:
-        return None
-    try:
-        return value.astimezone(dt.UTC)
-    except OverflowError:
-        return None
-
-
 def _check_created_at(raw: str) -> dt.datetime:
-    value = parse_instant(raw)
-    if value is None:
-        raise _fail(
-            "invalid_datetime",
-            f"{raw!r} is not an ISO-8601 instant with a UTC offset, "
-            "such as '2025-03-19T14:30:00Z' or '2025-03-19T09:30:00-05:00'",
-        )
+    value = check_instant(raw, name="created_at")
     if value < EARLIEST_CREATED_AT:
         raise _fail(
             "out_of_range", f"created_at must not be before {EARLIEST_CREATED_AT.isoformat()}"
@@ -291,6 +240,27 @@ AmountInput = Annotated[str | int, AfterValidator(_check_amount)]
 IdempotencyKey = Annotated[str, AfterValidator(_check_idempotency_key)]
 InstantInput = Annotated[str, AfterValidator(_check_created_at)]
 CustomDataInput = dict[str, Any]
+
+
+def _party_check(check: Any) -> Any:
+    """A `models.parties` check as a validator that keeps its code and message."""
+
+    def validate(raw: Any) -> Any:
+        try:
+            value = check(raw)
+        except PartyError as error:
+            raise _fail(error.code, error.message) from None
+        return value.as_json() if isinstance(value, Address) else value
+
+    return validate
+
+
+AddressInput = Annotated[dict[str, Any], AfterValidator(_party_check(check_address))]
+TaxIdInput = Annotated[str, AfterValidator(_party_check(check_tax_id))]
+EmailInput = Annotated[str, AfterValidator(_party_check(check_email))]
+LocaleInput = Annotated[str, AfterValidator(_party_check(check_locale))]
+# The buyer's details a customer class can require (`customer_classes.requires`).
+CUSTOMER_DETAILS: Final = ("billing_address", "tax_id", "invoice_email")
 
 
 class CustomerIntake(BaseModel):
@@ -315,6 +285,10 @@ class CustomerIntake(BaseModel):
     custom_data: dict[str, Any] = {}
     idempotency_key: str | None = None
     created_at: dt.datetime | None = None
+    billing_address: dict[str, Any] | None = None
+    tax_id: str | None = None
+    invoice_email: str | None = None
+    locale: str | None = None
 
 
 def _strict(kind: Any) -> TypeAdapter[Any]:
@@ -342,21 +316,15 @@ _KEYS: Final[dict[str, _Key]] = {
     "custom_data": _Key(_strict(CustomDataInput), False, "an object"),
     "idempotency_key": _Key(_strict(IdempotencyKey), False, "a string"),
     "created_at": _Key(_strict(InstantInput), False, "an ISO-8601 instant string"),
+    "billing_address": _Key(
+        _strict(AddressInput), False, "an object {lines, postal_code, city, region, country}"
+    ),
+    "tax_id": _Key(_strict(TaxIdInput), False, "a string (a VAT number or other tax id)"),
+    "invoice_email": _Key(_strict(EmailInput), False, "a string (an e-mail address)"),
+    "locale": _Key(_strict(LocaleInput), False, "a string such as 'fr_FR'"),
 }
 
 ACCEPTED_KEYS: Final = tuple(_KEYS)
-
-
-def _problems_from(name: str, error: ValidationError, expected: str) -> list[Problem]:
-    problems = []
-    for detail in error.errors(include_url=False):
-        kind = detail["type"]
-        if kind.endswith("_type") or kind in {"union_tag_invalid", "is_instance_of"}:
-            problems.append(Problem(name, "invalid_type", f"{name} must be {expected}"))
-        else:
-            problems.append(Problem(name, kind, detail["msg"]))
-    # A union reports one type error per member; one is enough for a person.
-    return list(dict.fromkeys(problems))
 
 
 def _payload_size_problem(payload: Mapping[str, Any]) -> Problem | None:
@@ -429,9 +397,10 @@ def parse_intake(payload: object, *, now: dt.datetime) -> IntakeDraft:
         try:
             draft.values[name] = spec.adapter.validate_python(raw)
         except ValidationError as error:
-            draft.problems.extend(_problems_from(name, error, spec.expected))
+            draft.problems.extend(problems_from(error, field=name, expected=spec.expected))
 
     _check_money_rules(draft)
+    _check_tax_id_country(draft)
     created_at = draft.values.get("created_at")
     if created_at is not None and created_at > now:
         draft.problems.append(
@@ -443,6 +412,19 @@ def parse_intake(payload: object, *, now: dt.datetime) -> IntakeDraft:
         )
         del draft.values["created_at"]
     return draft
+
+
+def _check_tax_id_country(draft: IntakeDraft) -> None:
+    """A tax id without an EU prefix is checked for the billing address's country."""
+    values = draft.values
+    tax_id, address = values.get("tax_id"), values.get("billing_address")
+    if tax_id is None or address is None:
+        return
+    try:
+        values["tax_id"] = check_tax_id(tax_id, address["country"])
+    except PartyError as error:
+        draft.problems.append(Problem("tax_id", error.code, error.message))
+        del values["tax_id"]
 
 
 def _check_money_rules(draft: IntakeDraft) -> None:
@@ -478,164 +460,6 @@ def _check_money_rules(draft: IntakeDraft) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Custom fields
-
-
-@dataclass(frozen=True)
-class CustomField:
-    """A field a customer class defines for its customers' custom data."""
-
-    name: str
-    type: str
-    mandatory: bool = False
-
-    @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> CustomField:
-        return cls(str(raw["name"]), str(raw["type"]), bool(raw.get("mandatory", False)))
-
-    def as_json(self) -> dict[str, Any]:
-        return {"name": self.name, "type": self.type, "mandatory": self.mandatory}
-
-
-_EMAIL: Final = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")
-_INTEGER_TEXT: Final = re.compile(r"[+-]?\d{1,18}", re.ASCII)
-MAX_CUSTOM_INTEGER: Final = 10**18
-
-
-def is_email(text: str) -> bool:
-    """A deliberately plain check: something@domain.tld, no spaces, at most 254 characters."""
-    return len(text) <= 254 and _EMAIL.fullmatch(text) is not None
-
-
-class _BadValue(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-def _as_string(value: object) -> str:
-    if not isinstance(value, str):
-        raise _BadValue("invalid_type", "must be a string")
-    if len(value) > MAX_CUSTOM_TEXT_LENGTH:
-        raise _BadValue("too_long", f"is at most {MAX_CUSTOM_TEXT_LENGTH} characters")
-    if has_control_characters(value, allow="\t\n\r"):
-        raise _BadValue("control_characters", "must not contain control characters")
-    return value
-
-
-def _as_integer(value: object) -> int:
-    if isinstance(value, bool):
-        raise _BadValue("invalid_type", "must be an integer")
-    if isinstance(value, str):
-        if not _INTEGER_TEXT.fullmatch(value.strip()):
-            raise _BadValue("invalid_value", f"{value!r} is not an integer")
-        value = int(value.strip())
-    if not isinstance(value, int):
-        raise _BadValue("invalid_type", "must be an integer")
-    if abs(value) >= MAX_CUSTOM_INTEGER:
-        raise _BadValue("too_large", f"must be smaller than {MAX_CUSTOM_INTEGER} in magnitude")
-    return value
-
-
-def _as_decimal(value: object) -> str:
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        raise _BadValue("invalid_type", 'must be a decimal string such as "12.50"')
-    if isinstance(value, int) and abs(value) >= MAX_AMOUNT:
-        raise _BadValue("too_large", f"must be smaller than {MAX_AMOUNT} in magnitude")
-    amount = parse_decimal_text(value)
-    if amount is None:
-        raise _BadValue("invalid_value", f'{value!r} is not a decimal number such as "12.50"')
-    if abs(amount) >= MAX_AMOUNT:
-        raise _BadValue("too_large", f"must be smaller than {MAX_AMOUNT} in magnitude")
-    return str(amount + 0)
-
-
-def _as_boolean(value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in {"true", "false"}:
-        return value.strip().lower() == "true"
-    if isinstance(value, str):
-        raise _BadValue("invalid_value", f"{value!r} is not true or false")
-    raise _BadValue("invalid_type", "must be true or false")
-
-
-def _as_date(value: object) -> str:
-    if not isinstance(value, str):
-        raise _BadValue("invalid_type", 'must be a date string such as "2026-03-19"')
-    text = value.strip()
-    try:
-        if len(text) != 10:
-            raise ValueError(text)
-        return dt.date.fromisoformat(text).isoformat()
-    except ValueError:
-        raise _BadValue("invalid_value", f"{value!r} is not a date such as 2026-03-19") from None
-
-
-def _as_email(value: object) -> str:
-    if not isinstance(value, str):
-        raise _BadValue("invalid_type", "must be an e-mail address string")
-    text = value.strip()
-    if not is_email(text):
-        raise _BadValue("invalid_value", f"{value!r} is not an e-mail address")
-    return text
-
-
-_CONVERTERS: Final[dict[str, Callable[[object], object]]] = {
-    "string": _as_string,
-    "integer": _as_integer,
-    "decimal": _as_decimal,
-    "boolean": _as_boolean,
-    "date": _as_date,
-    "email": _as_email,
-}
-
-
-def check_custom_data(
-    data: Mapping[str, Any], fields: Iterable[CustomField], *, class_name: str
-) -> tuple[dict[str, Any], list[Problem]]:
-    """Custom data normalised to the class's field types, and every problem with it."""
-    defined = {f.name: f for f in fields}
-    clean: dict[str, Any] = {}
-    problems: list[Problem] = []
-    for key, value in data.items():
-        where = f"custom_data.{key}"
-        spec = defined.get(key)
-        if spec is None:
-            known = ", ".join(sorted(defined)) or "none"
-            problems.append(
-                Problem(
-                    where,
-                    "unknown_custom_field",
-                    f"customer class {class_name!r} has no custom field {key!r} (it has: {known})",
-                )
-            )
-            continue
-        if value is None:
-            continue  # an explicit null is the same as leaving the field out
-        converter = _CONVERTERS.get(spec.type)
-        if converter is None:  # a class stored before a type was retired: keep as given
-            clean[key] = value
-            continue
-        try:
-            clean[key] = converter(value)
-        except _BadValue as bad:
-            problems.append(Problem(where, bad.code, f"{key} ({spec.type}) {bad.message}"))
-    for spec in defined.values():
-        if spec.mandatory and data.get(spec.name) is None:
-            problems.append(
-                Problem(
-                    f"custom_data.{spec.name}",
-                    "missing_custom_field",
-                    f"customer class {class_name!r} requires custom field {spec.name!r} "
-                    f"({spec.type})",
-                )
-            )
-    return clean, problems
-
-
-# --------------------------------------------------------------------------------------------
 # The catalog step
 
 
@@ -647,6 +471,7 @@ class CatalogRefs:
     business_model_id: int | None
     customer_class_id: int | None
     custom_fields: tuple[CustomField, ...] = ()
+    requires: tuple[str, ...] = ()  # buyer details the class requires (CUSTOMER_DETAILS)
 
 
 @dataclass(frozen=True)
@@ -656,18 +481,10 @@ class Accepted:
     business_model_id: int
     customer_class_id: int
 
-    @property
-    def accepted(self) -> bool:
-        return True
-
 
 @dataclass(frozen=True)
 class Rejected:
     problems: tuple[Problem, ...]
-
-    @property
-    def accepted(self) -> bool:
-        return False
 
     @property
     def errors(self) -> list[dict[str, str | None]]:
@@ -695,6 +512,11 @@ def finish_intake(draft: IntakeDraft, refs: CatalogRefs | None) -> Accepted | Re
         )
         values["custom_data"] = clean
         problems.extend(custom_problems)
+        for detail in refs.requires:
+            if values.get(detail) is None and detail not in {p.field for p in problems}:
+                problems.append(
+                    Problem(detail, "required", f"class {customer_class!r} requires {detail}")
+                )
     if problems:
         return Rejected(tuple(problems))
     assert refs.reseller_id is not None

@@ -38,7 +38,7 @@ from babel.dates import format_date, format_skeleton
 from babel.numbers import format_currency, format_percent, get_currency_symbol
 
 from models.customer import BlockReason
-from models.money import round_money
+from models.money import money_text, round_money
 
 PREPAID = "prepaid"
 POSTPAID = "postpaid"
@@ -79,22 +79,27 @@ def apply_charge(
     balance: Decimal,
     credit_limit: Decimal | None,
     amount: Decimal,
+    *,
+    currency: str | None = None,
 ) -> BalanceChange | Refusal:
-    """Accept or refuse a charge of `amount` (> 0) against the current balance."""
+    """Accept or refuse a charge of `amount` (> 0) against the current balance; amounts in
+    refusals are written in `currency`'s minor units (as given, without one)."""
     if amount <= 0:
-        return Refusal("invalid_amount", "a charge amount must be greater than zero")
+        return Refusal("not_positive", "a charge amount must be greater than zero")
     if balance_control == PREPAID:
         if amount > balance:
             return Refusal(
                 "insufficient_funds",
-                f"the charge of {amount} exceeds the available funds of {balance}",
+                f"the charge of {money_text(amount, currency)} exceeds the available funds "
+                f"of {money_text(balance, currency)}",
             )
         after = balance - amount
         return BalanceChange(-amount, after, is_blocked(PREPAID, after, None))
     if credit_limit is not None and balance >= credit_limit:
         return Refusal(
             "credit_limit_reached",
-            f"the balance owed ({balance}) has reached the credit limit ({credit_limit}); "
+            f"the balance owed ({money_text(balance, currency)}) has reached the credit limit "
+            f"({money_text(credit_limit, currency)}); "
             "the customer is blocked until a payment",
         )
     after = balance + amount
@@ -109,7 +114,7 @@ def apply_payment(
 ) -> BalanceChange | Refusal:
     """A payment (postpaid, lowers what is owed) or a top-up (prepaid, raises the funds)."""
     if amount <= 0:
-        return Refusal("invalid_amount", "a payment amount must be greater than zero")
+        return Refusal("not_positive", "a payment amount must be greater than zero")
     delta = amount if balance_control == PREPAID else -amount
     after = balance + delta
     return BalanceChange(delta, after, is_blocked(balance_control, after, credit_limit))
@@ -129,6 +134,16 @@ def invoice_totals(amounts: Iterable[Decimal], tax_rate: Decimal, currency: str)
     subtotal = round_money(sum((round_money(a, currency) for a in amounts), Decimal(0)), currency)
     tax = round_money(subtotal * tax_rate, currency)
     return Totals(subtotal=subtotal, tax=tax, total=subtotal + tax)
+
+
+def split_gross(gross: Decimal, tax_rate: Decimal, currency: str) -> Totals:
+    """An amount that includes tax (a credit note's) as net + tax at `tax_rate`: the net is
+    rounded half-up to the currency and the tax is the rest, so net + tax == gross."""
+    if tax_rate < 0:
+        raise ValueError(f"a tax rate cannot be negative, got {tax_rate}")
+    total = round_money(gross, currency)
+    net = round_money(total / (1 + tax_rate), currency)
+    return Totals(subtotal=net, tax=total - net, total=total)
 
 
 def local_date(at: dt.datetime, tz: str) -> dt.date:

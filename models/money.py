@@ -6,8 +6,10 @@ Currency codes come from the ISO 4217 list in `pycountry`; minor units from CLDR
 
 from __future__ import annotations
 
+import re
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from functools import cache
+from typing import Final
 
 import pycountry
 from babel.numbers import get_currency_precision
@@ -24,15 +26,22 @@ MAX_AMOUNT = Decimal(10) ** 14
 
 
 class MoneyError(ValueError):
-    """A currency or an amount that the money rules do not accept."""
+    """A currency or an amount that the money rules do not accept; `code` is the stable
+    error code every payload reports it with."""
+
+    code = "invalid_decimal"
 
 
 class UnknownCurrency(MoneyError):
-    pass
+    code = "unknown_currency"
 
 
 class TooManyDecimals(MoneyError):
-    pass
+    code = "too_many_decimals"
+
+
+class AmountTooLarge(MoneyError):
+    code = "too_large"
 
 
 @cache
@@ -74,22 +83,63 @@ def decimal_places(amount: Decimal) -> int:
     return max(0, -exponent) if isinstance(exponent, int) else 0
 
 
-def parse_amount(raw: object, code: str) -> Decimal:
-    """A money amount from a JSON string or integer, exact, within `code`'s minor units.
+def money_text(amount: Decimal, code: str | None) -> str:
+    """An amount for a message: in the currency's minor units, with its code ("1234.56 USD");
+    without a (known) currency, as few digits as it needs ("1234.56")."""
+    try:
+        return f"{round_money(amount, code)} {code}" if code else f"{amount.normalize():f}"
+    except MoneyError:
+        return f"{amount.normalize():f} {code}"
+
+
+_DECIMAL_TEXT: Final = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)", re.ASCII)
+
+
+def parse_decimal_text(raw: str | int) -> Decimal | None:
+    """A plain decimal (`"12.50"`, `"-3"`, `7`) as Decimal; None if it is not one.
+
+    The one reader of decimal text: only ASCII digits and one optional point, no exponents
+    (`"1E+2"`), no separators (`"12_000"`, `"1,000"`), no digits of other scripts (Arabic-Indic, …),
+    no NaN or infinity, so what a person typed is exactly what is stored.
+    """
+    if isinstance(raw, int):
+        return Decimal(raw)
+    text = raw.strip()
+    if len(text) > 64 or not _DECIMAL_TEXT.fullmatch(text):
+        return None
+    try:
+        return Decimal(text)
+    except InvalidOperation:  # pragma: no cover - the pattern admits only valid decimals
+        return None
+
+
+def parse_decimal(raw: object, *, name: str = "amount") -> Decimal:
+    """A decimal from a JSON string or integer, exactly as written and storable; `-0` is 0.
 
     Floats are refused: 0.1 has no exact binary form, and money must not depend on it.
+    Raises MoneyError (`invalid_decimal`) or AmountTooLarge (`too_large`).
     """
+    example = 'a decimal string such as "12.50"'
     if isinstance(raw, bool) or not isinstance(raw, str | int):
-        raise MoneyError('amount must be a decimal string such as "12.50" (or an integer)')
-    try:
-        amount = Decimal(raw.strip() if isinstance(raw, str) else raw)
-    except InvalidOperation:
-        raise MoneyError(f"{raw!r} is not a decimal number") from None
-    if not amount.is_finite():
-        raise MoneyError(f"{raw!r} is not a finite number")
+        got = "a JSON float" if isinstance(raw, float) else type(raw).__name__
+        raise MoneyError(f"{name} must be {example} (or a whole number), not {got}")
+    if isinstance(raw, int) and abs(raw) >= MAX_AMOUNT:
+        raise AmountTooLarge(f"{name} is too large (at most {MAX_AMOUNT - 1})")
+    amount = parse_decimal_text(raw)
+    if amount is None:
+        raise MoneyError(f"{name} {str(raw)[:70]!r} is not {example}")
     if abs(amount) >= MAX_AMOUNT:
-        raise MoneyError(f"{raw!r} is too large (at most {MAX_AMOUNT - 1})")
+        raise AmountTooLarge(f"{name} is too large (at most {MAX_AMOUNT - 1})")
+    # A stored -0 would print as "-0.00" on an invoice.
+    return amount + 0
+
+
+def parse_amount(raw: object, code: str, *, name: str = "amount") -> Decimal:
+    """A money amount from a JSON string or integer, exact, within `code`'s minor units."""
+    amount = parse_decimal(raw, name=name)
     places = minor_units(code)
     if decimal_places(amount) > places:
-        raise TooManyDecimals(f"{code} allows at most {places} decimal places, got {raw!r}")
+        raise TooManyDecimals(
+            f"{code} amounts have at most {places} decimal places; got {amount.normalize():f}"
+        )
     return amount.quantize(quantum(code))

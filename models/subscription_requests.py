@@ -19,8 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from models.intake import Problem, has_control_characters
 from models.names import name_key
+from models.validation import Problem, has_control_characters
 
 MAX_SUBSCRIPTIONS: Final = 50
 MAX_QUANTITY: Final = 1_000_000

@@ -74,6 +74,10 @@ class WorkFailed(Exception):
         more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
         return f"{len(errors)} item(s) failed: {shown}{more}"
 
+    def __repr__(self) -> str:
+        # What Flower and the logs show: the sentence, not the whole summary.
+        return f"WorkFailed({str(self)!r})"
+
 
 class BillingTask(Task):  # type: ignore[misc]
     """Base for every task: transient failures are retried with backoff and jitter."""

@@ -15,8 +15,9 @@ with a different amount or instant is refused (`idempotency_conflict`). A refuse
 stores nothing, so its key may be sent again later (after a top-up, say).
 
 Refusals are results, never exceptions: `{"status": "refused", "errors": [{field, code,
-message}]}`. Codes: `invalid` / `required` / `unknown_field` (malformed payload),
-`unknown_currency`, `invalid_amount`, `unknown_customer`, `currency_mismatch`,
+message}]}`. The payload's own codes are those of `models/movements.py` (shared with intake:
+`required`, `unknown_field`, `invalid_type`, `invalid_decimal`, `too_many_decimals`,
+`not_positive`, `in_future`, …); then `unknown_customer`, `currency_mismatch`,
 `customer_closed` / `customer_inactive` (charges only), `credit_limit_reached`,
 `insufficient_funds`, `idempotency_conflict`.
 """
@@ -27,8 +28,6 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any, cast
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, StrictStr
-from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -39,102 +38,24 @@ from models.invoicing_rules import (
     apply_payment,
     is_blocked,
 )
-from models.money import MoneyError, check_currency, parse_amount, round_money
+from models.money import money_text, round_money
+from models.movements import Movement, MovementKind, parse_movement
+from models.validation import DEFAULT_CLOCK_SKEW_SECONDS, Problem, iso_utc
 from tasks.balances import apply_balance_change
 from tasks.base import BillingTask, utcnow
 from tasks.settlement import apply_credit
 from worker.celery_app import app
+from worker.config import settings
 from worker.db import dialect_insert, unit_of_work
 
 Result = dict[str, Any]
 
 
-class _Movement(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-
-    customer: str | None = Field(default=None, min_length=1, max_length=100)
-    customer_id: StrictInt | None = None
-    amount: Any  # checked exactly by models.money.parse_amount (no floats)
-    currency: StrictStr
-    idempotency_key: str = Field(min_length=1, max_length=200)
-
-    description: str
-
-    @property
-    def at(self) -> dt.datetime:
-        """The instant the money moved (a charge's use, a payment's receipt)."""
-        raise NotImplementedError
+def refused(*problems: Problem) -> Result:
+    return {"status": "refused", "errors": [p.as_json() for p in problems]}
 
 
-class ChargeIn(_Movement):
-    occurred_at: AwareDatetime
-    description: str = Field(min_length=1, max_length=500)
-
-    @property
-    def at(self) -> dt.datetime:
-        return self.occurred_at
-
-
-class PaymentIn(_Movement):
-    received_at: AwareDatetime
-    description: str = Field(default="", max_length=500)
-
-    @property
-    def at(self) -> dt.datetime:
-        return self.received_at
-
-
-def _error(field: str, code: str, message: str) -> dict[str, str]:
-    return {"field": field, "code": code, "message": message}
-
-
-def refused(*errors: dict[str, str]) -> Result:
-    return {"status": "refused", "errors": list(errors)}
-
-
-_PYDANTIC_CODES = {"missing": "required", "extra_forbidden": "unknown_field"}
-
-
-def _validation_errors(exc: PydanticValidationError) -> list[dict[str, str]]:
-    # The models are flat: the first part of `loc` is the field (the rest names union
-    # members or list items), so errors are reported per top-level field.
-    return [
-        _error(
-            str(e["loc"][0]) if e["loc"] else "payload",
-            _PYDANTIC_CODES.get(e["type"], "invalid"),
-            e["msg"],
-        )
-        for e in exc.errors()
-    ]
-
-
-def _parse(
-    model: type[_Movement], payload: object
-) -> tuple[_Movement, Decimal] | list[dict[str, str]]:
-    """The validated payload and its exact amount, or the list of what is wrong with it."""
-    if not isinstance(payload, dict):
-        return [_error("payload", "invalid", "the payload must be a JSON object")]
-    try:
-        data = model.model_validate(payload)
-    except PydanticValidationError as exc:
-        return _validation_errors(exc)
-    errors = []
-    if (data.customer is None) == (data.customer_id is None):
-        errors.append(_error("customer", "required", "give exactly one of customer, customer_id"))
-    try:
-        currency = check_currency(data.currency)
-    except MoneyError as exc:
-        return [*errors, _error("currency", "unknown_currency", str(exc))]
-    try:
-        amount = parse_amount(data.amount, currency)
-    except MoneyError as exc:
-        return [*errors, _error("amount", "invalid_amount", str(exc))]
-    if amount <= 0:
-        errors.append(_error("amount", "invalid_amount", "the amount must be greater than zero"))
-    return errors or (data, amount)
-
-
-def _lock_customer(session: Session, data: _Movement) -> Customer | None:
+def _lock_customer(session: Session, data: Movement) -> Customer | None:
     """The customer row, locked until the transaction ends (concurrent changes queue here)."""
     query = (
         select(Customer).with_for_update(key_share=True).execution_options(populate_existing=True)
@@ -146,13 +67,13 @@ def _lock_customer(session: Session, data: _Movement) -> Customer | None:
     return session.scalars(query).one_or_none()
 
 
-def _customer_errors(customer: Customer | None, data: _Movement) -> list[dict[str, str]]:
+def _customer_errors(customer: Customer | None, data: Movement) -> list[Problem]:
     if customer is None:
-        who = data.customer if data.customer is not None else f"id {data.customer_id}"
-        return [_error("customer", "unknown_customer", f"no customer {who!r}")]
+        who = repr(data.customer) if data.customer is not None else f"with id {data.customer_id}"
+        return [Problem("customer", "unknown_customer", f"there is no customer {who}")]
     if data.currency != customer.currency:
         return [
-            _error(
+            Problem(
                 "currency",
                 "currency_mismatch",
                 f"{customer.name!r} is billed in {customer.currency}, not {data.currency}",
@@ -172,9 +93,9 @@ def _insert(session: Session, model: type[Charge] | type[Payment], values: dict[
     return session.execute(statement).scalar_one_or_none()
 
 
-def _closed_refusal(customer: Customer) -> dict[str, Any]:
-    closed = customer.closed_at.isoformat() if customer.closed_at is not None else "earlier"
-    return _error(
+def _closed_refusal(customer: Customer) -> Problem:
+    closed = iso_utc(customer.closed_at) if customer.closed_at is not None else "earlier"
+    return Problem(
         "customer",
         "customer_closed",
         f"{customer.name!r} was closed at {closed} and its final invoice made; "
@@ -211,11 +132,11 @@ def _replay(
     existing_at = existing.occurred_at if isinstance(existing, Charge) else existing.received_at
     if existing.amount != amount or existing_at != at:
         return refused(
-            _error(
+            Problem(
                 "idempotency_key",
                 "idempotency_conflict",
                 f"key {existing.idempotency_key!r} was already used for a {kind} of "
-                f"{existing.amount} at {existing_at.isoformat()}",
+                f"{money_text(existing.amount, customer.currency)} at {iso_utc(existing_at)}",
             )
         )
     column = LedgerEntry.charge_id if kind == "charge" else LedgerEntry.payment_id
@@ -223,30 +144,54 @@ def _replay(
     return _outcome(kind, existing.id, customer, amount, entry)
 
 
-def record_charge(session: Session, payload: object, *, now: dt.datetime) -> Result:
-    """Record one charge and apply it to the customer's balance, or refuse it (nothing stored)."""
-    return _record(session, "charge", payload, now=now)
+def record_charge(
+    session: Session,
+    payload: object,
+    *,
+    now: dt.datetime,
+    clock_skew_seconds: int = DEFAULT_CLOCK_SKEW_SECONDS,
+) -> Result:
+    """Record one charge and apply it to the customer's balance, or refuse it (nothing stored).
+
+    A charge dated later than `now` plus `clock_skew_seconds` is refused (`in_future`)."""
+    return _record(
+        session, MovementKind.CHARGE, payload, now=now, clock_skew_seconds=clock_skew_seconds
+    )
 
 
-def record_payment(session: Session, payload: object, *, now: dt.datetime) -> Result:
+def record_payment(
+    session: Session,
+    payload: object,
+    *,
+    now: dt.datetime,
+    clock_skew_seconds: int = DEFAULT_CLOCK_SKEW_SECONDS,
+) -> Result:
     """Record one payment (postpaid) or top-up (prepaid); unblocks when it clears the block.
 
     Unlike charges, payments are taken from customers who are closed or terminated too:
-    settling what they owe must stay possible.
+    settling what they owe must stay possible. Future-dated ones are refused like charges.
     """
-    return _record(session, "payment", payload, now=now)
+    return _record(
+        session, MovementKind.PAYMENT, payload, now=now, clock_skew_seconds=clock_skew_seconds
+    )
 
 
-def _record(session: Session, kind: str, payload: object, *, now: dt.datetime) -> Result:
+def _record(
+    session: Session,
+    kind: MovementKind,
+    payload: object,
+    *,
+    now: dt.datetime,
+    clock_skew_seconds: int,
+) -> Result:
     """The shared path of a charge or a payment: validate, lock the customer, replay a known
     key, apply the balance rule, insert the row and its ledger entry."""
-    is_charge = kind == "charge"
+    is_charge = kind is MovementKind.CHARGE
     model: type[Charge] | type[Payment] = Charge if is_charge else Payment
-    parsed = _parse(ChargeIn if is_charge else PaymentIn, payload)
+    parsed = parse_movement(kind, payload, now=now, clock_skew_seconds=clock_skew_seconds)
     if isinstance(parsed, list):
         return refused(*parsed)
-    data, amount = parsed
-    at = data.at
+    data, amount, at = parsed, parsed.amount, parsed.at
     customer = _lock_customer(session, data)
     errors = _customer_errors(customer, data)
     if errors:
@@ -266,13 +211,24 @@ def _record(session: Session, kind: str, payload: object, *, now: dt.datetime) -
         return refused(_closed_refusal(customer))
     if is_charge and customer.status != CustomerStatus.ACTIVE:
         return refused(
-            _error("customer", "customer_inactive", f"{customer.name!r} is {customer.status}")
+            Problem("customer", "customer_inactive", f"{customer.name!r} is {customer.status}")
         )
     postpaid = customer.balance_control == BalanceControl.POSTPAID
-    decide = apply_charge if is_charge else apply_payment
-    decision = decide(customer.balance_control, customer.balance, customer.credit_limit, amount)
+    decision = (
+        apply_charge(
+            customer.balance_control,
+            customer.balance,
+            customer.credit_limit,
+            amount,
+            currency=customer.currency,
+        )
+        if is_charge
+        else apply_payment(
+            customer.balance_control, customer.balance, customer.credit_limit, amount
+        )
+    )
     if isinstance(decision, Refusal):
-        return refused(_error("amount", decision.code, decision.message))
+        return refused(Problem("amount", decision.code, decision.message))
     row_id = _insert(
         session,
         model,
@@ -280,7 +236,7 @@ def _record(session: Session, kind: str, payload: object, *, now: dt.datetime) -
             "customer_id": customer.id,
             "amount": amount,
             "currency": customer.currency,
-            "occurred_at" if is_charge else "received_at": at,
+            kind.instant_field: at,
             "description": data.description,
             "idempotency_key": data.idempotency_key,
             "recorded_at": now,
@@ -350,7 +306,9 @@ def record_charge_task(self: BillingTask, payload: dict[str, Any]) -> Result:
     """Record one charge: {customer|customer_id, amount, currency, occurred_at, description,
     idempotency_key}."""
     with unit_of_work() as session:
-        return record_charge(session, payload, now=utcnow())
+        return record_charge(
+            session, payload, now=utcnow(), clock_skew_seconds=settings().clock_skew_seconds
+        )
 
 
 @app.task(name="billing.payments.record", base=BillingTask, bind=True)
@@ -358,4 +316,6 @@ def record_payment_task(self: BillingTask, payload: dict[str, Any]) -> Result:
     """Record one payment or top-up: {customer|customer_id, amount, currency, received_at,
     description?, idempotency_key}."""
     with unit_of_work() as session:
-        return record_payment(session, payload, now=utcnow())
+        return record_payment(
+            session, payload, now=utcnow(), clock_skew_seconds=settings().clock_skew_seconds
+        )

@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session
 from models import ClosedPeriod, Customer, CustomerStatus
 from models.closed_period import MAX_INVOICE_ATTEMPTS
 from models.closing_rules import Advance, GroupedPeriods
-from models.intake import Problem, parse_instant
+from models.validation import Problem, parse_instant
 from tasks.base import BackgroundSender, BillingTask, WorkFailed, database_clock, one_line
 from tasks.period_changes import close_switching_periods
 from worker.broker_queues import queued_closed_period_ids

@@ -48,7 +48,6 @@ from models import (
     Reseller,
 )
 from models.billing import LIVE_INVOICE
-from models.intake import Problem
 from models.invoicing_rules import (
     PREPAID,
     Refusal,
@@ -58,6 +57,7 @@ from models.invoicing_rules import (
 )
 from models.money import MoneyError, parse_amount
 from models.plans import SubscriptionFee
+from models.validation import Problem
 from tasks.balances import apply_balance_change
 from tasks.invoicing import generate_invoices
 from tasks.queries import ResellerRef, resolve_reseller

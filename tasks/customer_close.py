@@ -36,9 +36,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models import ClosedPeriod, Customer, CustomerStatus, Plan, Subscription
-from models.intake import Problem
 from models.invoicing_rules import local_date
 from models.period_changes import cut_end_date
+from models.validation import Problem
 from tasks.base import BillingTask, send_after_commit, utcnow
 from tasks.closing import parse_as_of
 from tasks.customer_history import Change, record_changes

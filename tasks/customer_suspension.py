@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from models import BlockReason, CustomerStatus
-from models.intake import Problem
+from models.validation import Problem
 from tasks.base import BillingTask, utcnow
 from tasks.blocks import block, block_reasons, unblock
 from tasks.customer_history import Change, record_changes

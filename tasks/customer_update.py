@@ -34,12 +34,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models import BlockReason, Customer, CustomerClass, CustomerStatus
+from models.custom_fields import CustomField, check_custom_data
 from models.customer import BalanceControl
 from models.customer_update import UpdateDraft, parse_update
-from models.intake import CustomField, Problem, check_custom_data
 from models.invoicing_rules import is_blocked
 from models.money import decimal_places, minor_units, quantum
 from models.subscription_requests import check_plans
+from models.validation import Problem
 from tasks.base import BillingTask, utcnow
 from tasks.blocks import set_blocked
 from tasks.customer_history import Change, record_changes

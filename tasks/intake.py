@@ -31,7 +31,6 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, literal, null, or_, select
 from sqlalchemy.orm import Session
@@ -39,19 +38,20 @@ from sqlalchemy.orm import Session
 from models.base import table_of
 from models.billing import LedgerEntry, LedgerEntryType
 from models.catalog import BusinessModel, CustomerClass, Reseller
+from models.custom_fields import CustomField
 from models.customer import BalanceControl, BlockReason, Customer
 from models.intake import (
     Accepted,
     CatalogRefs,
     CustomerIntake,
-    CustomField,
     IntakeDraft,
-    Problem,
     Rejected,
     finish_intake,
     parse_intake,
 )
+from models.invoicing_rules import local_date
 from models.periods import Period, PeriodError, first_period
+from models.validation import Problem, iso_utc
 from tasks.base import BillingTask, utcnow
 from tasks.blocks import block
 from worker.celery_app import app
@@ -77,19 +77,17 @@ def _catalog_refs(session: Session, draft: IntakeDraft) -> CatalogRefs:
             lookup(BusinessModel.id, BusinessModel.name, business_model),
             lookup(CustomerClass.id, CustomerClass.name, customer_class),
             lookup(CustomerClass.custom_fields, CustomerClass.name, customer_class),
+            lookup(CustomerClass.requires, CustomerClass.name, customer_class),
         )
     ).one()
-    reseller_id, business_model_id, class_id, custom_fields = row
+    reseller_id, business_model_id, class_id, custom_fields, requires = row
     return CatalogRefs(
         reseller_id=reseller_id,
         business_model_id=business_model_id,
         customer_class_id=class_id,
         custom_fields=tuple(CustomField.from_json(f) for f in custom_fields or ()),
+        requires=tuple(requires or ()),
     )
-
-
-def _iso(instant: dt.datetime) -> str:
-    return instant.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def _utc(instant: dt.datetime) -> dt.datetime:
@@ -100,8 +98,8 @@ def _utc(instant: dt.datetime) -> dt.datetime:
 def period_summary(period: Period) -> dict[str, str]:
     """A period as JSON: UTC instants and the local dates it covers."""
     return {
-        "start": _iso(period.start),
-        "end": _iso(period.end),
+        "start": iso_utc(period.start),
+        "end": iso_utc(period.end),
         "first_day": period.start.date().isoformat(),
         "last_day": (period.end.date() - dt.timedelta(days=1)).isoformat(),
     }
@@ -150,7 +148,7 @@ def _store(
 ) -> dict[str, Any]:
     intake = accepted.intake
     created_at = intake.created_at or now
-    created_local_date = created_at.astimezone(ZoneInfo(intake.billing_timezone)).date()
+    created_local_date = local_date(created_at, intake.billing_timezone)
     try:
         period = first_period(intake.billing_period, created_local_date, intake.billing_timezone)
     except PeriodError as error:
@@ -170,6 +168,10 @@ def _store(
         "credit_limit": None if prepaid else intake.credit_limit,
         "balance": funds if prepaid else Decimal(0),
         "custom_data": intake.custom_data,
+        "billing_address": intake.billing_address,
+        "tax_id": intake.tax_id,
+        "invoice_email": intake.invoice_email,
+        "locale": intake.locale,
         "created_at": created_at,
         "created_local_date": created_local_date,
         "current_period_start": _utc(period.start),

@@ -60,7 +60,6 @@ from models import (
     Reseller,
 )
 from models.billing import LIVE_INVOICE
-from models.intake import Problem
 from models.invoice_view import Address, Party, document_locale, issue_snapshot
 from models.invoicing_rules import (
     DEFAULT_LOCALE,
@@ -71,6 +70,7 @@ from models.invoicing_rules import (
     invoice_totals,
     local_date,
 )
+from models.validation import Problem
 from tasks.base import BillingTask, WorkFailed, database_clock, is_transient
 from tasks.fees import ClosedPeriodFees, bill_fees
 from tasks.invoice_documents import issue_notification_text

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from models.catalog import Reseller
 from models.customer import Customer
-from models.intake import Problem
+from models.validation import Problem
 
 RESELLER_REQUIRED: Final = "reseller_required"
 

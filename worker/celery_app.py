@@ -116,9 +116,14 @@ register_json()
 
 
 def create_app(conf: Settings | None = None) -> Celery:
-    conf = conf or settings()
+    """The app for `conf`; without one, the process's settings are read when the app's
+    configuration is first needed, not at import, so that importing the task modules (as
+    `billing --help` does) never fails on a bad setting."""
     celery = Celery("billing")
-    celery.conf.update(celery_config(conf))
+    if conf is not None:
+        celery.conf.update(celery_config(conf))
+    else:
+        celery.add_defaults(lambda: celery_config(settings()))
     return celery
 
 

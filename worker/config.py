@@ -15,6 +15,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
+
+from models.validation import DEFAULT_CLOCK_SKEW_SECONDS
+
 # The hard time limit of every task (seconds); the soft limit is a minute earlier.
 TASK_TIME_LIMIT = 900
 # When an unacknowledged Redis message is handed out again (see broker_transport_options).
@@ -22,17 +27,55 @@ REDELIVERY_AFTER = TASK_TIME_LIMIT + 60
 RESTORE_SWEEP = 10
 
 
+class SettingsError(ValueError):
+    """A setting in the environment that cannot be used; the message names the variable."""
+
+
 def _env_int(name: str, default: int, *, minimum: int = 1) -> int:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
         return default
     try:
-        value = int(raw)
+        value = int(raw.strip(), 10)
     except ValueError:
-        raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
     if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
     return value
+
+
+def redacted_url(url: str) -> str:
+    """`url` with its password hidden, fit to print."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except sa_exc.ArgumentError:
+        return url.rpartition("@")[2]
+
+
+def _check_database_url(url: str) -> str:
+    """`url` if SQLAlchemy can open that kind of database with an installed driver."""
+    example = "postgresql+psycopg://user@host:5432/billing or sqlite:////absolute/path.sqlite3"
+    try:
+        dialect = make_url(url).get_dialect()
+    except sa_exc.ArgumentError:
+        raise SettingsError(
+            f"BILLING_DATABASE_URL is not a database URL ({redacted_url(url)!r}); "
+            f"write one such as {example}"
+        ) from None
+    except sa_exc.NoSuchModuleError:
+        kind = url.partition(":")[0]
+        raise SettingsError(
+            f"BILLING_DATABASE_URL names {kind!r}, which is not a database SQLAlchemy knows; "
+            f"write one such as {example}"
+        ) from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as missing:
+        raise SettingsError(
+            f"BILLING_DATABASE_URL needs the driver {missing.name or missing}, which is not "
+            f"installed; write one such as {example}"
+        ) from None
+    return url
 
 
 @dataclass(frozen=True)
@@ -57,7 +100,7 @@ class SMTPSettings:
         except ValueError:
             port = -1
         if parts.scheme not in {"smtp", "smtps"} or not parts.hostname or port == -1:
-            raise ValueError(
+            raise SettingsError(
                 "BILLING_SMTP_URL must be smtp://[user:password@]host[:port][?starttls=1"
                 f"&from=ADDRESS] or smtps://…, got {_redacted_smtp(url)!r}"
             )
@@ -104,7 +147,8 @@ class Settings:
     invoice_batch_size: int
     close_batch_size: int
     # How far (seconds) an instant given by a user (`billing close --as-of`, a charge's
-    # `occurred_at`, a customer close's `--at`) may be ahead of now before it is refused as
+    # `occurred_at`, a payment's
+    # `received_at`, a customer close's `--at`) may be ahead of now before it is refused as
     # "in the future", and how far the worker's clock may disagree with the database's
     # before the worker warns; closing always goes by the database's clock (tasks/closing.py).
     clock_skew_seconds: int
@@ -175,6 +219,8 @@ def load_settings() -> Settings:
     embedded_broker = not broker_url
     if embedded_database:
         database_url = f"sqlite:///{data_dir / 'billing.sqlite3'}"
+    else:
+        database_url = _check_database_url(database_url)
     if embedded_broker:
         # The host means nothing to the file-system transport; naming one keeps kombu from
         # warning "No hostname was supplied" on every connection.
@@ -198,7 +244,7 @@ def load_settings() -> Settings:
         collections_interval=_env_int("BILLING_COLLECTIONS_INTERVAL", 300),
         invoice_batch_size=_env_int("BILLING_INVOICE_BATCH", 500),
         close_batch_size=_env_int("BILLING_CLOSE_BATCH", 2000),
-        clock_skew_seconds=_env_int("BILLING_CLOCK_SKEW", 120, minimum=0),
+        clock_skew_seconds=_env_int("BILLING_CLOCK_SKEW", DEFAULT_CLOCK_SKEW_SECONDS, minimum=0),
         embedded_database=embedded_database,
         embedded_broker=embedded_broker,
         beat_max_interval=_env_int("BILLING_BEAT_MAX_INTERVAL", 30),

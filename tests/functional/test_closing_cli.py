@@ -41,7 +41,7 @@ def test_close_as_of_closes_synchronously_and_prints_what_it_closed(customers) -
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     # Havana: Mar 6-7 and Mar 7-8; UTC monthly: Jan 15-31 and February.
-    assert lines[0].startswith("closed 4 period(s) ended by 2026-03-08T05:00:00+00:00")
+    assert lines[0].startswith("closed 4 period(s) ended by 2026-03-08T05:00:00Z")
     assert [line.split() for line in lines[1:]] == [
         ["1", "daily", "America/Havana", "ended", "2026-03-07"],
         ["1", "daily", "America/Havana", "ended", "2026-03-08"],
@@ -78,9 +78,9 @@ def test_periods_list_shows_one_customers_closed_periods_as_json(customers) -> N
         ("2026-03-06", "2026-03-07"),
     ]
     assert {p["customer"] for p in periods} == {"Acme Telecom"}
-    assert periods[1]["period_end"] == "2026-03-08T05:00:00+00:00"
+    assert periods[1]["period_end"] == "2026-03-08T05:00:00Z"
     assert periods[0]["invoiced"] is False
-    assert periods[0]["invoice_enqueued_at"] == "2026-03-09T05:00:00+00:00"
+    assert periods[0]["invoice_enqueued_at"] == "2026-03-09T05:00:00Z"
 
 
 def test_periods_list_for_an_unknown_customer_is_a_usage_error(customers) -> None:
@@ -89,3 +89,52 @@ def test_periods_list_for_an_unknown_customer_is_a_usage_error(customers) -> Non
 
     assert result.exit_code == 2
     assert "no customer named 'Nobody'" in result.output
+
+
+def test_close_refuses_an_instant_later_than_now_plus_the_clock_skew(customers) -> None:
+    """`billing close --as-of` a month ahead is a usage error naming the skew; nothing closes."""
+    ahead = (dt.datetime.now(dt.UTC) + dt.timedelta(days=30)).isoformat()
+
+    result = CliRunner().invoke(main, ["close", "--as-of", ahead])
+    listed = CliRunner().invoke(main, ["periods", "list", "--json"])
+
+    assert result.exit_code == 2
+    assert "is in the future" in result.output
+    assert "BILLING_CLOCK_SKEW" in result.output
+    assert "nothing was closed" in result.output
+    assert json.loads(listed.output) == []
+
+
+def test_close_accepts_an_instant_within_the_clock_skew(customers) -> None:
+    """An --as-of a minute ahead (inside the default 120 s) is taken as given."""
+    ahead = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=60)).isoformat()
+
+    result = CliRunner().invoke(main, ["close", "--as-of", ahead, "--json"])
+
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["closed"] >= 1
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["periods", "list", "--limit", "-1"],
+        ["periods", "list", "--limit", "0"],
+        ["periods", "list", "--limit", str(2**64)],
+        ["invoices", "list", "--limit", "-1"],
+        ["invoices", "list", "--limit", str(2**64)],
+        ["invoices", "show", "--", "-5"],
+        ["invoices", "show", str(2**64)],
+        ["invoices", "generate", "0"],
+        ["invoices", "generate", "1", "--timeout", "nan"],
+        ["customers", "enqueue", "-", "--wait", "--timeout", "-3"],
+        ["charges", "load", "-", "--wait", "--timeout", "inf"],
+    ],
+)
+def test_every_numeric_option_is_validated_before_anything_runs(clean_db, arguments) -> None:
+    """A negative, zero, non-finite or beyond-64-bit number is a usage error, not a traceback."""
+    result = CliRunner().invoke(main, arguments, input="")
+
+    assert result.exit_code == 2, result.output
+    assert "Invalid value" in result.output
+    assert "Traceback" not in result.output

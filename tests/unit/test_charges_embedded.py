@@ -78,14 +78,27 @@ def test_a_key_reused_for_a_different_charge_is_refused(session) -> None:
 @pytest.mark.parametrize(
     ("change", "field", "code"),
     [
-        ({"amount": "1.234"}, "amount", "invalid_amount"),
-        ({"amount": "-1"}, "amount", "invalid_amount"),
-        ({"amount": 1.5}, "amount", "invalid_amount"),
+        ({"amount": "1.234"}, "amount", "too_many_decimals"),
+        ({"amount": "-1"}, "amount", "not_positive"),
+        ({"amount": "0"}, "amount", "not_positive"),
+        ({"amount": 1.5}, "amount", "invalid_type"),
+        ({"amount": "1E+2"}, "amount", "invalid_decimal"),
+        ({"amount": "\u0661\u0662.\u0665\u0660"}, "amount", "invalid_decimal"),
+        ({"amount": "12_000"}, "amount", "invalid_decimal"),
+        ({"amount": "100000000000000"}, "amount", "too_large"),
         ({"currency": "EUR"}, "currency", "currency_mismatch"),
         ({"currency": "ZZZ"}, "currency", "unknown_currency"),
         ({"customer": "nobody"}, "customer", "unknown_customer"),
-        ({"occurred_at": "2026-03-25T09:30:00"}, "occurred_at", "invalid"),
-        ({"idempotency_key": ""}, "idempotency_key", "invalid"),
+        ({"occurred_at": "2026-03-25T09:30:00"}, "occurred_at", "invalid_datetime"),
+        ({"occurred_at": "9999-12-31T23:59:59-23:59"}, "occurred_at", "invalid_datetime"),
+        ({"occurred_at": 1774430000}, "occurred_at", "invalid_type"),
+        ({"occurred_at": "2026-04-01T12:02:01Z"}, "occurred_at", "in_future"),
+        ({"idempotency_key": ""}, "idempotency_key", "blank"),
+        ({"idempotency_key": "k\u0000"}, "idempotency_key", "control_characters"),
+        ({"description": "Calls\u0000"}, "description", "control_characters"),
+        ({"customer": "Acme\u0000"}, "customer", "control_characters"),
+        ({"customer_id": 2**64}, "customer_id", "out_of_range"),
+        ({"customer_id": "7"}, "customer_id", "invalid_type"),
         ({"colour": "red"}, "colour", "unknown_field"),
     ],
 )
@@ -180,5 +193,57 @@ def test_zero_minor_unit_currencies_refuse_fractions(session) -> None:
     fraction = record_charge(session, charge_payload(customer, "10.5", AT, "a"), now=NOW)
     whole = record_charge(session, charge_payload(customer, "1050", AT, "b"), now=NOW)
 
-    assert fraction["errors"][0]["code"] == "invalid_amount"
+    assert fraction["errors"][0]["code"] == "too_many_decimals"
     assert whole["amount"] == "1050"
+
+
+def test_refusal_messages_write_amounts_in_the_currencys_minor_units(session) -> None:
+    """`balance owed (1234.56 USD) … credit limit (1000.00 USD)`, never the stored 4 decimals."""
+    customer = billing_customer(session, credit_limit=Decimal("1000.00"))
+    record_charge(session, charge_payload(customer, "1234.56", AT, "a"), now=NOW)
+
+    refused = record_charge(session, charge_payload(customer, "1.00", AT, "b"), now=NOW)
+
+    message = refused["errors"][0]["message"]
+    assert "(1234.56 USD)" in message
+    assert "(1000.00 USD)" in message
+    assert "0000" not in message
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"received_at": None}, "received_at is required"),
+        ({"amount": True}, 'amount must be a decimal string such as "12.50"'),
+        ({"colour": "red"}, "'colour' is not a known field; accepted: customer, customer_id"),
+    ],
+)
+def test_payment_refusals_speak_plainly(session, change, message) -> None:
+    """Messages are this project's sentences, never pydantic's ("Field required")."""
+    customer = billing_customer(session)
+    payload = {
+        k: v
+        for k, v in (payment_payload(customer, "1.00", AT, "p") | change).items()
+        if v is not None
+    }
+
+    result = record_payment(session, payload, now=NOW)
+
+    messages = [e["message"] for e in result["errors"]]
+    assert any(m.startswith(message) for m in messages), messages
+    assert not any("Field required" in m or "Input should" in m for m in messages)
+
+
+@pytest.mark.parametrize("amount", ["1E+2", "\u0661\u0662.\u0665\u0660", "12_000", " 1.5e3", "NaN"])
+def test_intake_and_charges_refuse_the_same_amount_text_with_the_same_code(session, amount) -> None:
+    """One decimal parser: a credit limit and a charge amount are refused alike."""
+    from models.intake import parse_intake
+    from tests.factories import intake_payload
+
+    customer = billing_customer(session)
+    charge = record_charge(session, charge_payload(customer, amount, AT, "k"), now=NOW)
+    draft = parse_intake(intake_payload(credit_limit=amount), now=NOW)
+
+    intake_codes = {p.code for p in draft.problems if p.field == "credit_limit"}
+    assert [e["code"] for e in charge["errors"]] == ["invalid_decimal"]
+    assert intake_codes == {"invalid_decimal"}

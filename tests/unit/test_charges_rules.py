@@ -89,6 +89,6 @@ def test_non_positive_amounts_are_refused() -> None:
         charge = apply_charge("postpaid", D("0"), None, amount)
         payment = apply_payment("prepaid", D("0"), None, amount)
         assert isinstance(charge, Refusal)
-        assert charge.code == "invalid_amount"
+        assert charge.code == "not_positive"
         assert isinstance(payment, Refusal)
-        assert payment.code == "invalid_amount"
+        assert payment.code == "not_positive"

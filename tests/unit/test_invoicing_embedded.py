@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 from decimal import Decimal
 from itertools import pairwise
 
 import pytest
 from sqlalchemy import func, select
 
-from models import Charge, ClosedPeriod, Invoice, InvoiceLine, Notification, Reseller
+from models import Charge, ClosedPeriod, Customer, Invoice, InvoiceLine, Notification, Reseller
 from tasks.charges import record_charge
 from tasks.invoice_documents import load_invoice_view, render_html
 from tasks.invoicing import generate_invoices
@@ -302,3 +303,94 @@ def test_a_later_period_waits_while_an_earlier_one_fails(session) -> None:
     session.refresh(held)
     assert (held.invoiced, held.invoice_attempts) == (False, 1)
     assert "earlier period" in held.invoice_error
+
+
+def test_a_customer_taken_in_with_french_details_gets_a_french_invoice_with_its_parties(
+    session,
+) -> None:
+    """Intake stores the buyer's details; issuing snapshots them with the seller's; a later
+    edit of the reseller does not change the issued invoice's documents."""
+    from pypdf import PdfReader
+
+    from tasks.intake import create_customer
+    from tasks.invoice_documents import render_pdf
+    from tests.factories import DROP, get_or_create_catalog, intake_payload
+
+    reseller, _, _ = get_or_create_catalog(session, customer_class="Plain", tax_rate=Decimal("0.2"))
+    reseller.legal_name = "ACME Télécom SAS"
+    reseller.tax_id = "FR40303265045"
+    reseller.iban = "FR7630006000011234567890189"
+    created = create_customer(
+        session,
+        intake_payload(
+            name="Émile SARL",
+            customer_class="Plain",
+            custom_data=DROP,
+            currency="EUR",
+            billing_timezone="Europe/Paris",
+            created_at="2026-03-18T23:00:00Z",
+            billing_address={
+                "lines": ["3 avenue Foch"],
+                "postal_code": "69006",
+                "city": "Lyon",
+                "country": "FR",
+            },
+            tax_id="FR23334175221",
+            invoice_email="factures@emile.example",
+            locale="fr_FR",
+        ),
+        now=dt.datetime(2026, 3, 19, tzinfo=dt.UTC),
+    )
+    assert created["status"] == "created", created
+    customer = session.get(Customer, created["customer_id"])
+    period = close_period(session, customer, MAR19, APR19)
+    _charge(session, customer, "8.44", dt.datetime(2026, 3, 20, 8, tzinfo=dt.UTC))
+    generate_invoices(session, [period.id], now=NOW)
+    invoice = session.scalars(select(Invoice)).one()
+    reseller.legal_name = "Renamed later"
+    session.flush()
+
+    view = load_invoice_view(session, invoice.id)
+    assert view is not None
+    text = " ".join(PdfReader(io.BytesIO(render_pdf(view))).pages[0].extract_text().split())
+    for expected in ("Facture 1", "ACME Télécom SAS", "FR40303265045", "Émile SARL", "69006 Lyon"):
+        assert expected in text, expected
+    assert "FR23334175221" in text
+    assert "10,13 €" in text
+    assert "Renamed later" not in text
+    assert sorted(session.scalars(select(Notification.recipient))) == ["factures@emile.example"]
+
+
+def test_a_credit_note_is_rendered_from_its_stored_row_and_its_invoice(session) -> None:
+    """A credit note issued by collections gets the invoice's parties and locale, its own
+    number and date, and a valid type-381 e-invoice pointing at the invoice."""
+    import facturx
+
+    from tasks.corrections import credit_invoice
+    from tasks.invoice_documents import einvoice_xml, load_credit_note_view
+
+    customer = billing_customer(
+        session, class_fields={"tax_rate": Decimal("0.2")}, customer_fields={"locale": "de_DE"}
+    )
+    period = close_period(session, customer, MAR19, APR19)
+    _charge(session, customer, "10.00", dt.datetime(2026, 3, 20, tzinfo=dt.UTC))
+    generate_invoices(session, [period.id], now=NOW)
+    later = NOW + dt.timedelta(days=3)
+    credited = credit_invoice(
+        session, reseller="acme", number=1, amount="6.00", reason="Doppelt berechnet", now=later
+    ).as_json()
+    note_id = credited["credit_note_id"]
+
+    view = load_credit_note_view(session, note_id)
+
+    assert view is not None
+    assert (view.number, view.credited_number, view.issue_date) == (1, 1, dt.date(2026, 4, 22))
+    assert (view.subtotal, view.tax, view.total) == (
+        Decimal("5.00"),
+        Decimal("1.00"),
+        Decimal("6.00"),
+    )
+    html = render_html(view)
+    assert "Gutschrift" in html
+    assert "Doppelt berechnet" in html
+    assert facturx.xml_check_xsd(einvoice_xml(view), flavor="factur-x", level="en16931")

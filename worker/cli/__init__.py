@@ -8,11 +8,31 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from typing import Any
 
 import click
 
+from worker.reachability import explain
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class _Billing(click.Group):
+    """The command group: a dead service or a bad setting ends any command with one or two
+    lines saying what could not be used and what to check (exit status 1), never a
+    traceback. Anything else is a bug and keeps its traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as error:
+            message = explain(error)
+            if message is None:
+                raise
+            raise click.ClickException(message) from None
+
+
+@click.group(cls=_Billing, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="billing-worker")
 def main() -> None:
     """Billing worker: take in customers, close their billing periods in their own

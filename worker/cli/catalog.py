@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import click
-from sqlalchemy.exc import DBAPIError
 
 from models.catalog_file import CatalogFileError, parse_catalog
 from tasks.catalog import load_catalog
+from worker.cli._common import exit_status, open_input
 from worker.config import settings
 from worker.db import unit_of_work
 
@@ -21,16 +19,19 @@ def catalog() -> None:
 
 
 @catalog.command("load")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary (or errors) as JSON.")
-def load_command(file: Path, as_json: bool) -> None:
-    """Create or update the catalog entries in FILE (YAML or JSON), matched by name.
+def load_command(file: str, as_json: bool) -> None:
+    """Create or update the catalog entries in FILE (YAML or JSON; - reads stdin), matched
+    by name.
 
     Loading the same file again changes nothing. Entries not in FILE are kept. An invalid
     file is reported in full and nothing is stored (exit status 1).
     """
+    with open_input(file) as stream:
+        raw = stream.read()
     try:
-        spec = parse_catalog(file.read_text(encoding="utf-8-sig"), filename=file.name)
+        spec = parse_catalog(raw.decode("utf-8-sig"), filename="" if file == "-" else file)
     except (CatalogFileError, UnicodeDecodeError) as error:
         problems = (
             error.errors
@@ -40,19 +41,14 @@ def load_command(file: Path, as_json: bool) -> None:
         if as_json:
             click.echo(json.dumps({"status": "invalid", "errors": problems}, indent=2))
         else:
-            click.echo(f"{file}: the catalog is not valid, nothing was stored:", err=True)
+            shown = "standard input" if file == "-" else file
+            click.echo(f"{shown}: the catalog is not valid, nothing was stored:", err=True)
             for problem in problems:
                 click.echo(f"  {problem['field'] or '(file)'}: {problem['message']}", err=True)
-        sys.exit(1)
+        exit_status(True)
     settings().ensure_data_dir()
-    try:
-        with unit_of_work() as session:
-            summary = load_catalog(session, spec)
-    except DBAPIError as error:
-        raise click.ClickException(
-            f"database error, nothing was stored: {error.orig or error}\n"
-            "(is the schema up to date? run `billing db upgrade`)"
-        ) from None
+    with unit_of_work() as session:
+        summary = load_catalog(session, spec)
     if as_json:
         click.echo(json.dumps({"status": "loaded", **summary}, indent=2))
         return

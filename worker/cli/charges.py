@@ -3,74 +3,86 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import click
 
+from worker.cli._common import (
+    SECONDS,
+    Outcome,
+    describe,
+    exit_status,
+    lines_to_resend,
+    open_input,
+    read_lines,
+    send_and_collect,
+)
+from worker.config import settings
 from worker.db import unit_of_work
 
 
-def _read_jsonl(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[dict[str, Any]]]:
-    """(line number, payload) for every JSON object line, and the lines that are not one."""
-    payloads, bad = [], []
-    with path.open(encoding="utf-8") as lines:
-        for number, raw in enumerate(lines, start=1):
-            if not raw.strip():
-                continue
-            try:
-                payload = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                bad.append({"line": number, "errors": [_error("invalid_json", str(exc))]})
-                continue
-            if not isinstance(payload, dict):
-                bad.append({"line": number, "errors": [_error("invalid", "not a JSON object")]})
-                continue
-            payloads.append((number, payload))
-    return payloads, bad
-
-
-def _error(code: str, message: str) -> dict[str, str]:
-    return {"field": "payload", "code": code, "message": message}
-
-
-def _load(task: Any, path: Path, wait: bool, timeout: float, as_json: bool) -> None:
+def _load(task_name: str, file: str, wait: bool, timeout: float, as_json: bool) -> None:
     """Send one task per line; with --wait, collect and summarise the outcomes."""
-    payloads, bad = _read_jsonl(path)
-    sent = [(number, task.apply_async(args=[payload])) for number, payload in payloads]
-    summary: dict[str, Any] = {"sent": len(sent), "unreadable": len(bad)}
-    problems = list(bad)
+    from worker.celery_app import app
+
+    settings().ensure_data_dir()
+    with open_input(file) as stream:
+        report = send_and_collect(
+            app,
+            task_name,
+            read_lines(stream, "jsonl"),
+            queue="charges",
+            wait=wait,
+            timeout=timeout,
+            progress=False,
+            total=None,
+        )
+    summary: dict[str, Any] = {"sent": report.sent, "unreadable": report.malformed}
     if wait:
-        outcomes: Counter[str] = Counter()
-        for number, async_result in sent:
-            result = async_result.get(timeout=timeout)
-            status = "replayed" if result.get("replayed") else result["status"]
-            outcomes[status] += 1
-            if result["status"] == "refused":
-                problems.append({"line": number, "errors": result["errors"]})
-        summary |= {k: outcomes.get(k, 0) for k in ("recorded", "replayed", "refused")}
-    summary["problems"] = sorted(problems, key=lambda p: p["line"])
+        counts = report.counts(_kind)
+        summary |= {k: counts.get(k, 0) for k in _KINDS if k in _ALWAYS_SHOWN or counts.get(k)}
+    problems = [
+        {"line": number, "status": outcome.status, "errors": outcome.result["errors"]}
+        for number, outcome in sorted(report.outcomes.items())
+        if outcome.result.get("errors")
+    ]
+    summary["problems"] = problems
+    resend = lines_to_resend(report, ("timeout", "unknown", "not_sent", "failed"))
+    summary["notes"] = report.notes + (
+        [f"lines without an outcome (send them again): {resend}"] if resend else []
+    )
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
-        counts = ", ".join(f"{k} {v}" for k, v in summary.items() if k != "problems")
-        click.echo(counts)
-        for problem in summary["problems"]:
+        click.echo(
+            ", ".join(f"{k} {v}" for k, v in summary.items() if k not in {"problems", "notes"})
+        )
+        for problem in problems:
             for error in problem["errors"]:
-                click.echo(
-                    f"line {problem['line']}: {error['field']}: {error['code']}: "
-                    f"{error['message']}",
-                    err=True,
-                )
-    if problems:
-        raise SystemExit(1)
+                click.echo(f"line {problem['line']}: {error['code']}: {describe(error)}", err=True)
+        for note in summary["notes"]:
+            click.echo(note, err=True)
+    exit_status(bool(problems or summary["notes"]))
 
 
-_file = click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+_ALWAYS_SHOWN = ("recorded", "replayed", "refused")
+_KINDS = (*_ALWAYS_SHOWN, "failed", "timeout", "queued", "unknown", "not_sent")
+
+
+def _kind(outcome: Outcome) -> str:
+    if outcome.status == "recorded" and outcome.result.get("replayed"):
+        return "replayed"
+    return outcome.status
+
+
+_file = click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 _wait = click.option("--wait", is_flag=True, help="Wait for every outcome and summarise them.")
 _timeout = click.option(
-    "--timeout", default=60.0, show_default=True, help="Seconds to wait for each outcome."
+    "--timeout",
+    default=600.0,
+    show_default=True,
+    type=SECONDS,
+    help="With --wait: seconds to wait for all outcomes.",
 )
 _json = click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 
@@ -85,17 +97,15 @@ def charges() -> None:
 @_wait
 @_timeout
 @_json
-def load_charges(file: Path, wait: bool, timeout: float, as_json: bool) -> None:
-    """Queue every charge of FILE (JSON lines) on the `charges` queue.
+def load_charges(file: str, wait: bool, timeout: float, as_json: bool) -> None:
+    """Queue every charge of FILE (JSON Lines; - reads stdin) on the `charges` queue.
 
     Each line: {"customer": NAME (or "customer_id": ID), "amount": "12.50", "currency":
     "USD", "occurred_at": ISO-8601 instant, "description": TEXT, "idempotency_key": KEY}.
     Loading the same file again records nothing twice. Exits 1 if any line was
     unreadable or (with --wait) refused.
     """
-    from tasks.charges import record_charge_task
-
-    _load(record_charge_task, file, wait, timeout, as_json)
+    _load("billing.charges.record", file, wait, timeout, as_json)
 
 
 @click.group("payments")
@@ -108,16 +118,15 @@ def payments() -> None:
 @_wait
 @_timeout
 @_json
-def load_payments(file: Path, wait: bool, timeout: float, as_json: bool) -> None:
-    """Queue every payment or top-up of FILE (JSON lines) on the `charges` queue.
+def load_payments(file: str, wait: bool, timeout: float, as_json: bool) -> None:
+    """Queue every payment or top-up of FILE (JSON Lines; - reads stdin) on the `charges`
+    queue.
 
     Each line: {"customer": NAME (or "customer_id": ID), "amount": "50.00", "currency":
     "USD", "received_at": ISO-8601 instant, "description": TEXT (optional),
     "idempotency_key": KEY}.
     """
-    from tasks.charges import record_payment_task
-
-    _load(record_payment_task, file, wait, timeout, as_json)
+    _load("billing.payments.record", file, wait, timeout, as_json)
 
 
 @click.group("balances")
@@ -143,8 +152,7 @@ def check_balances(as_json: bool) -> None:
             f"last balance_after {m['last_balance_after']}",
             err=True,
         )
-    if mismatches:
-        raise SystemExit(1)
+    exit_status(bool(mismatches))
 
 
 COMMANDS = [charges, payments, balances]

@@ -12,8 +12,10 @@ from sqlalchemy import func, select
 
 from models import ClosedPeriod, Customer
 from models.closed_period import MAX_INVOICE_ATTEMPTS
+from models.validation import check_not_future
 from tasks.base import database_clock
 from tasks.closing import CloseStatus, CloseSummary, close_due, parse_as_of
+from worker.cli._common import LIMIT, iso_utc
 from worker.config import settings
 from worker.db import unit_of_work
 
@@ -38,13 +40,27 @@ def close_command(as_of: str | None, as_json: bool) -> None:
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--as-of") from None
     with unit_of_work() as session:
-        now = database_clock(session) if given is None else given
+        clock = database_clock(session)
+        future = (
+            None
+            if given is None
+            else check_not_future(
+                given, now=clock, skew_seconds=settings().clock_skew_seconds, field="--as-of"
+            )
+        )
+        if future is not None:
+            raise click.BadParameter(
+                f"{future.message}; periods that have not ended cannot be closed, "
+                "nothing was closed",
+                param_hint="--as-of",
+            )
+        now = clock if given is None else given
         summary = close_due(session, now=now, batch_size=settings().close_batch_size)
     if as_json:
-        click.echo(json.dumps({"as_of": now.isoformat(), **summary.as_json()}))
+        click.echo(json.dumps({"as_of": iso_utc(now), **summary.as_json()}))
         sys.exit(_exit_code(summary))
     click.echo(
-        f"closed {summary.closed} period(s) ended by {now.isoformat()} "
+        f"closed {summary.closed} period(s) ended by {iso_utc(now)} "
         f"in {summary.batches} batch(es); {summary.invoice_messages} invoice message(s) queued"
     )
     if summary.already_closed:
@@ -79,9 +95,7 @@ def periods() -> None:
 
 @periods.command("list")
 @click.option("--customer", "customer_name", help="Only this customer (name, any case).")
-@click.option(
-    "--limit", default=100, show_default=True, type=click.IntRange(min=1), help="At most this many."
-)
+@click.option("--limit", default=100, show_default=True, type=LIMIT, help="At most this many.")
 @click.option(
     "--failed",
     is_flag=True,
@@ -152,7 +166,7 @@ def _as_json(period: ClosedPeriod, customer: str) -> dict[str, Any]:
 
 
 def _iso(instant: dt.datetime | None) -> str | None:
-    return None if instant is None else instant.astimezone(dt.UTC).isoformat()
+    return None if instant is None else iso_utc(instant)
 
 
 COMMANDS = [close_command, periods]

@@ -8,123 +8,47 @@ a summary: created, duplicate (a repeated idempotency key: the original customer
 with reasons per line, failed.
 
 Exit status: 0 when every line was enqueued (and, with `--wait`, created or a duplicate);
-1 when any line was malformed, rejected, failed or timed out.
+1 when any line was malformed, rejected, failed, timed out, is still queued for want of a
+worker, or has no known outcome because the broker or result backend was lost.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import sys
-import time
-from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import click
-from celery.exceptions import TimeoutError as ResultTimeout
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
-from tqdm import tqdm
 
 from models.catalog import BusinessModel, CustomerClass, Reseller
 from models.customer import Customer
 from models.money import MoneyError, quantum
+from worker.cli._common import (
+    SECONDS,
+    Outcome,
+    count_lines,
+    describe,
+    exit_status,
+    format_of,
+    iso_utc,
+    lines_to_resend,
+    open_input,
+    open_output,
+    read_lines,
+    send_and_collect,
+)
 from worker.config import settings
 from worker.db import unit_of_work
 
 TASK_NAME = "billing.customers.create"
 
 
-@dataclass
-class Line:
-    """One input record: its line number, and either a payload or why it is malformed."""
-
-    number: int
-    payload: dict[str, Any] | None = None
-    error: str | None = None
-
-
-def read_jsonl(stream: IO[str]) -> Iterator[Line]:
-    for number, text in enumerate(stream, start=1):
-        if not text.strip():
-            continue
-        try:
-            value = json.loads(text.rstrip("\r\n"))
-        except ValueError as error:  # JSONDecodeError, or an integer too long to read
-            where = (
-                f"{error.msg} at column {error.colno}"
-                if isinstance(error, json.JSONDecodeError)
-                else str(error)
-            )
-            yield Line(number, error=f"not valid JSON ({where})")
-            continue
-        if not isinstance(value, dict):
-            yield Line(number, error=f"not a JSON object (got {type(value).__name__})")
-            continue
-        yield Line(number, payload=value)
-
-
-def read_csv(stream: IO[str]) -> Iterator[Line]:
-    reader = csv.reader(stream)
-    try:
-        header = next(reader)
-    except StopIteration:
-        return
-    except csv.Error as error:
-        yield Line(1, error=f"not valid CSV: {error}")
-        return
-    columns = [h.strip() for h in header]
-    while True:
-        try:
-            cells = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as error:
-            yield Line(reader.line_num, error=f"not valid CSV: {error}")
-            continue
-        number = reader.line_num
-        if not any(c.strip() for c in cells):
-            continue
-        if len(cells) > len(columns):
-            yield Line(number, error=f"{len(cells)} cells but only {len(columns)} columns")
-            continue
-        payload: dict[str, Any] = {}
-        for column, cell in zip(columns, cells, strict=False):
-            if cell == "":
-                continue
-            if column.startswith("custom_data."):
-                payload.setdefault("custom_data", {})[column.removeprefix("custom_data.")] = cell
-            else:
-                payload[column] = cell
-        yield Line(number, payload=payload)
-
-
-def _open_input(path: str) -> IO[str]:
-    if path == "-":
-        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig")
-    return open(path, encoding="utf-8-sig", newline="")
-
-
-def _format_of(path: str, given: str) -> str:
-    if given != "auto":
-        return given
-    return "csv" if path.lower().endswith(".csv") else "jsonl"
-
-
-def _count_lines(path: str) -> int | None:
-    if path == "-":
-        return None
-    with open(path, "rb") as stream:
-        return sum(1 for _ in stream)
-
-
 def _describe_errors(errors: list[dict[str, Any]]) -> str:
-    return "; ".join(f"{e.get('field') or '(payload)'}: {e.get('message')}" for e in errors)
+    return "; ".join(describe(e) for e in errors)
 
 
 @click.group("customers")
@@ -145,7 +69,7 @@ def customers() -> None:
 @click.option("--wait", is_flag=True, help="Wait for every result and print a summary.")
 @click.option(
     "--timeout",
-    type=float,
+    type=SECONDS,
     default=600.0,
     show_default=True,
     help="With --wait: seconds to wait for all results.",
@@ -172,88 +96,63 @@ def enqueue_command(
         raise click.UsageError("--results needs --wait")
     if file != "-" and not Path(file).is_file():
         raise click.BadParameter(f"{file} is not a file", param_hint="FILE")
+    results = open_output(results_path)
     settings().ensure_data_dir()
     show_progress = sys.stderr.isatty() if progress is None else progress
-    reader = read_csv if _format_of(file, fmt) == "csv" else read_jsonl
-    outcomes: dict[int, dict[str, Any]] = {}
-    sent: list[tuple[int, Any]] = []
-    malformed = 0
-    with (
-        _open_input(file) as stream,
-        tqdm(
-            total=_count_lines(file),
-            unit="line",
-            desc="enqueue",
-            disable=not show_progress,
-            file=sys.stderr,
-        ) as bar,
-    ):
-        for line in reader(stream):
-            bar.update(line.number - bar.n)
-            if line.payload is None:
-                malformed += 1
-                bar.write(f"line {line.number}: {line.error}", file=sys.stderr)
-                outcomes[line.number] = {"status": "malformed", "error": line.error}
-                continue
-            result = app.send_task(TASK_NAME, args=[line.payload])
-            sent.append((line.number, result))
-    click.echo(f"enqueued {len(sent)} job(s); {malformed} malformed line(s) skipped", err=True)
+    fmt, guessed = format_of(file, fmt)
+    with open_input(file) as stream:
+        report = send_and_collect(
+            app,
+            TASK_NAME,
+            read_lines(stream, fmt, guessed=guessed),
+            queue="intake",
+            wait=wait,
+            timeout=timeout,
+            progress=show_progress,
+            total=count_lines(file),
+        )
+    click.echo(
+        f"enqueued {report.sent} job(s); {report.malformed} malformed line(s) skipped", err=True
+    )
+    for note in report.notes:
+        click.echo(note, err=True)
     if not wait:
-        sys.exit(1 if malformed else 0)
-    _collect(sent, outcomes, timeout=timeout, show_progress=show_progress)
-    counts = Counter(_kind(outcome) for outcome in outcomes.values())
-    for number in sorted(outcomes):
-        outcome = outcomes[number]
+        exit_status(bool(report.malformed or report.notes))
+        return
+    counts = report.counts(_kind)
+    for number in sorted(report.outcomes):
+        outcome = report.outcomes[number]
         kind = _kind(outcome)
         if kind == "rejected":
-            click.echo(f"line {number}: rejected: {_describe_errors(outcome['errors'])}")
-        elif kind in {"failed", "timeout"}:
-            click.echo(f"line {number}: {kind}: {outcome.get('error')}")
+            click.echo(f"line {number}: rejected: {_describe_errors(outcome.result['errors'])}")
+        elif kind == "failed":
+            click.echo(f"line {number}: failed: {outcome.result.get('error')}")
     click.echo(
         ", ".join(
             f"{kind}: {counts.get(kind, 0)}"
-            for kind in ("created", "duplicate", "rejected", "malformed", "failed", "timeout")
+            for kind in _KINDS
+            if kind in _ALWAYS_SHOWN or counts.get(kind)
         )
     )
-    if results_path is not None:
-        with results_path.open("w", encoding="utf-8") as out:
-            for number in sorted(outcomes):
-                out.write(json.dumps({"line": number, **outcomes[number]}) + "\n")
-    bad = sum(counts[k] for k in ("rejected", "malformed", "failed", "timeout"))
-    sys.exit(1 if bad else 0)
+    resend = lines_to_resend(report, ("timeout", "unknown", "not_sent"))
+    if resend:
+        click.echo(f"lines without an outcome (send them again): {resend}", err=True)
+    if results is not None:
+        with results:
+            for number in sorted(report.outcomes):
+                outcome = report.outcomes[number]
+                results.write(json.dumps(outcome.as_json()) + "\n")
+    exit_status(any(counts[k] for k in _KINDS if k not in {"created", "duplicate"}))
 
 
-def _kind(outcome: dict[str, Any]) -> str:
-    status = str(outcome.get("status"))
-    if status == "created" and outcome.get("replayed"):
+_ALWAYS_SHOWN = ("created", "duplicate", "rejected", "malformed", "failed", "timeout")
+_KINDS = (*_ALWAYS_SHOWN, "queued", "unknown", "not_sent")
+
+
+def _kind(outcome: Outcome) -> str:
+    if outcome.status == "created" and outcome.result.get("replayed"):
         return "duplicate"
-    return status
-
-
-def _collect(
-    sent: list[tuple[int, Any]],
-    outcomes: dict[int, dict[str, Any]],
-    *,
-    timeout: float,
-    show_progress: bool,
-) -> None:
-    deadline = time.monotonic() + timeout
-    with tqdm(
-        total=len(sent), unit="job", desc="results", disable=not show_progress, file=sys.stderr
-    ) as bar:
-        for number, result in sent:
-            remaining = max(0.1, deadline - time.monotonic())
-            try:
-                value = result.get(timeout=remaining, propagate=False)
-            except ResultTimeout:
-                outcomes[number] = {"status": "timeout", "task_id": result.id, "error": "no result"}
-                bar.update(1)
-                continue
-            if result.successful() and isinstance(value, dict):
-                outcomes[number] = {**value, "task_id": result.id}
-            else:
-                outcomes[number] = {"status": "failed", "task_id": result.id, "error": repr(value)}
-            bar.update(1)
+    return outcome.status
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,7 +180,7 @@ def _customer_rows(session: Session, *, name: str | None = None, reseller: str |
 
 
 def _iso(value: Any) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+    return iso_utc(value) if value is not None else None
 
 
 def _amount(value: Decimal | None, currency: str) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from worker.config import settings
+from worker.config import redacted_url, settings
 from worker.migrate import upgrade
 
 
@@ -20,13 +20,7 @@ def upgrade_command(revision: str) -> None:
     conf = settings()
     conf.ensure_data_dir()
     upgrade(conf.database_url, revision)
-    click.echo(f"database at revision {revision}: {_redacted(conf.database_url)}")
-
-
-def _redacted(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
+    click.echo(f"database at revision {revision}: {redacted_url(conf.database_url)}")
 
 
 COMMANDS = [db]

@@ -11,6 +11,7 @@ import click
 from sqlalchemy import func, select
 
 from models.collections_rules import InvoiceState
+from worker.cli._common import LIMIT, ROW_ID, SECONDS, check_output_paths, prepare_producer
 from worker.db import unit_of_work
 
 
@@ -67,7 +68,9 @@ STATES = tuple(s.value for s in InvoiceState)
     type=click.Choice(STATES),
     help="Only invoices in this state now (overdue: unpaid past the local due day).",
 )
-@click.option("--limit", default=100, show_default=True, help="At most this many, newest first.")
+@click.option(
+    "--limit", default=100, show_default=True, type=LIMIT, help="At most this many, newest first."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_invoices(
     customer: str | None, reseller: str | None, status: str | None, limit: int, as_json: bool
@@ -122,7 +125,7 @@ def list_invoices(
 
 
 @invoices.command("show")
-@click.argument("number", type=int)
+@click.argument("number", type=ROW_ID)
 @click.option("--reseller", help="The reseller whose NUMBER it is (needed if several have it).")
 @click.option(
     "--html",
@@ -160,6 +163,7 @@ def show_invoice(
     from tasks.invoice_documents import load_invoice_view
     from tasks.statements import standings
 
+    check_output_paths(html_path, pdf_path, xml_path)
     query = _query().where(Invoice.number == number)
     if reseller:
         query = query.where(Reseller.name == reseller)
@@ -243,9 +247,9 @@ def _write_documents(
 
 
 @invoices.command("generate")
-@click.argument("closed_period_ids", nargs=-1, type=int, required=True)
+@click.argument("closed_period_ids", nargs=-1, type=ROW_ID, required=True)
 @click.option("--wait", is_flag=True, help="Wait for the worker's summary and print it.")
-@click.option("--timeout", default=300.0, show_default=True)
+@click.option("--timeout", default=300.0, show_default=True, type=SECONDS)
 def generate(closed_period_ids: tuple[int, ...], wait: bool, timeout: float) -> None:
     """Queue invoice generation for CLOSED_PERIOD_IDS (safe to repeat: nothing is doubled).
 
@@ -253,6 +257,7 @@ def generate(closed_period_ids: tuple[int, ...], wait: bool, timeout: float) -> 
     from tasks.base import WorkFailed
     from tasks.invoicing import generate_invoices_task
 
+    prepare_producer(generate_invoices_task.app, wait=wait)
     result = generate_invoices_task.apply_async(args=[list(closed_period_ids)])
     if not wait:
         click.echo(f"queued {result.id}")
