@@ -57,7 +57,9 @@ def refused(*problems: Problem) -> Result:
 
 def _lock_customer(session: Session, data: Movement) -> Customer | None:
     """The customer row, locked until the transaction ends (concurrent changes queue here)."""
-    query = select(Customer).with_for_update().execution_options(populate_existing=True)
+    query = (
+        select(Customer).with_for_update(key_share=True).execution_options(populate_existing=True)
+    )
     if data.customer_id is not None:
         query = query.where(Customer.id == data.customer_id)
     else:
