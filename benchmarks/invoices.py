@@ -2,6 +2,7 @@
 
     python benchmarks/invoices.py                       # N = 2000 periods, 5 charges each
     python benchmarks/invoices.py --n 5000 --charges 20 --batch 200 --no-worker
+    python benchmarks/invoices.py --subscriptions 2   # plus two recurring fees per customer
 
 Seeds N customers (one reseller, so every invoice takes a number from the same gapless
 counter), one closed period each and C charges per period, in a scratch PostgreSQL
@@ -136,6 +137,29 @@ def seed(n: int, charges: int, tag: str) -> list[int]:
         )
 
 
+def subscribe_all(per_customer: int) -> None:
+    """`per_customer` plan subscriptions for every customer, alternately billed in advance
+    and in arrears, from the period start: each invoice bills that many fee lines (and the
+    advance ones for the next period too)."""
+    from sqlalchemy import text
+
+    from tests.fees_factories import make_plan
+    from worker.db import unit_of_work
+
+    with unit_of_work() as session:
+        for k in range(per_customer):
+            mode = "advance" if k % 2 == 0 else "arrears"
+            plan = make_plan(session, f"Plan {k}", mode, {"USD": f"{10 + k}.99"})
+            session.execute(
+                text(
+                    "INSERT INTO subscriptions (customer_id, plan_id, quantity, starts_at, "
+                    "starts_on) SELECT id, :plan, :quantity, :start, CAST(:start AS date) "
+                    "FROM customers"
+                ),
+                {"plan": plan.id, "quantity": k + 1, "start": START},
+            )
+
+
 def analyze() -> None:
     """Planner statistics, as a database in service has them (autovacuum is not instant)."""
     from sqlalchemy import text
@@ -249,6 +273,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=200, help="periods per task/unit of work")
     parser.add_argument("--concurrency", type=int, default=2, help="worker processes")
     parser.add_argument("--no-worker", action="store_true", help="skip the broker run")
+    parser.add_argument(
+        "--subscriptions", type=int, default=0, help="plan subscriptions per customer (fees)"
+    )
     args = parser.parse_args()
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -262,10 +289,11 @@ def main() -> None:
         upgrade(url)
         seeding = time.perf_counter()
         ids = seed(args.n, args.charges, "bench")
+        subscribe_all(args.subscriptions)
         analyze()
         print(
-            f"seeded {args.n} closed periods with {args.charges} charges each "
-            f"in {time.perf_counter() - seeding:.1f}s"
+            f"seeded {args.n} closed periods with {args.charges} charges and "
+            f"{args.subscriptions} subscriptions each in {time.perf_counter() - seeding:.1f}s"
         )
         elapsed = in_process(ids, args.batch)
         check_numbers(args.n)

@@ -14,7 +14,9 @@ How this billing model maps onto EN 16931:
 - the billing period is the invoicing period (BG-14), the due date the payment terms' due
   date (BT-9); the seller's IBAN makes the payment means a SEPA credit transfer (58),
   otherwise a plain credit transfer (30) with the seller's payment text;
-- tax ids are VAT identifiers (schemeID `VA`).
+- tax ids are VAT identifiers (schemeID `VA`);
+- a credit note is type 381 with positive amounts and the corrected invoice as its
+  preceding invoice reference (BG-3).
 
 EN 16931's business rules (the schematron, not the XSD) allow at most two decimals in an
 amount: invoices in a three-decimal currency (BHD, KWD, …) pass the schema but not that
@@ -29,7 +31,7 @@ from decimal import Decimal
 from lxml import etree
 from lxml.etree import _Element
 
-from models.invoice_view import Address, InvoiceView, LineView, Party
+from models.invoice_view import Address, DocumentKind, InvoiceView, LineView, Party
 from models.money import round_money
 
 RSM = "urn:un:unece:uncefact:data:standard:CrossIndustryInvoice:100"
@@ -40,6 +42,7 @@ NSMAP = {"rsm": RSM, "ram": RAM, "udt": UDT, "qdt": QDT}
 
 EN16931_GUIDELINE = "urn:cen.eu:en16931:2017"
 COMMERCIAL_INVOICE = "380"
+CREDIT_NOTE = "381"
 SEPA_CREDIT_TRANSFER = "58"
 CREDIT_TRANSFER = "30"
 UNIT_ONE = "C62"
@@ -113,7 +116,8 @@ def cii_xml(view: InvoiceView, *, empty_line: str = "No charges in this period."
 
     document = _sub(root, RSM, "ExchangedDocument")
     _ram(document, "ID", view.document_id)
-    _ram(document, "TypeCode", COMMERCIAL_INVOICE)
+    credit_note = view.kind is DocumentKind.CREDIT_NOTE
+    _ram(document, "TypeCode", CREDIT_NOTE if credit_note else COMMERCIAL_INVOICE)
     _date(document, "IssueDateTime", view.issue_date)
 
     transaction = _sub(root, RSM, "SupplyChainTradeTransaction")
@@ -173,5 +177,18 @@ def cii_xml(view: InvoiceView, *, empty_line: str = "No charges in this period."
     _ram(totals, "TaxTotalAmount", amount(view.tax), currencyID=view.currency)
     _ram(totals, "GrandTotalAmount", amount(view.total))
     _ram(totals, "DuePayableAmount", amount(view.total))
+    if credit_note and view.credited_number is not None:
+        # BG-3: the invoice this credit note corrects.
+        reference = _ram(settlement, "InvoiceReferencedDocument")
+        _ram(reference, "IssuerAssignedID", str(view.credited_number))
+        if view.credited_issue_date is not None:
+            issued = _ram(reference, "FormattedIssueDateTime")
+            _sub(
+                issued,
+                QDT,
+                "DateTimeString",
+                view.credited_issue_date.strftime("%Y%m%d"),
+                format="102",
+            )
 
     return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True))

@@ -44,6 +44,9 @@ Error codes:
 | `invalid_datetime` | `created_at` is not an ISO-8601 instant with a UTC offset |
 | `in_future` | `created_at` is later than now |
 | `out_of_range` | `created_at` is before `EARLIEST_CREATED_AT` |
+| `wrong_business_model` | `subscriptions[i].plan` is a plan of another business model |
+| `currency_not_offered` | `subscriptions[i].plan` has no fee in the customer's currency |
+| `duplicate` | a plan given twice in `subscriptions` (`not_found`, `out_of_range` apply too) |
 | `idempotency_key_reused` | the reseller used the key for a customer with another name (service) |
 
 Money rules: `credit_limit` (postpaid only; absent means no limit) and `available_funds`
@@ -83,6 +86,12 @@ from models.periods import (
     UnknownBillingPeriod,
     parse_rule,
     validate_timezone,
+)
+from models.subscription_requests import (
+    PlanRef,
+    SubscriptionRequest,
+    check_plans,
+    parse_subscriptions,
 )
 from models.validation import (
     Problem,
@@ -314,6 +323,7 @@ _KEYS: Final[dict[str, _Key]] = {
     "credit_limit": _Key(_strict(AmountInput), False, 'a decimal string such as "500.00"'),
     "available_funds": _Key(_strict(AmountInput), False, 'a decimal string such as "100.00"'),
     "custom_data": _Key(_strict(CustomDataInput), False, "an object"),
+    "subscriptions": _Key(_strict(list[Any]), False, 'a list such as [{"plan": …, "quantity": 1}]'),
     "idempotency_key": _Key(_strict(IdempotencyKey), False, "a string"),
     "created_at": _Key(_strict(InstantInput), False, "an ISO-8601 instant string"),
     "billing_address": _Key(
@@ -354,6 +364,7 @@ class IntakeDraft:
     values: dict[str, Any] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     shaped: bool = True  # False when the payload is not even an object of sensible size
+    subscriptions: list[SubscriptionRequest] = field(default_factory=list)
 
     def catalog_names(self) -> tuple[str | None, str | None, str | None]:
         """(reseller, business model, customer class) names that need looking up."""
@@ -401,6 +412,10 @@ def parse_intake(payload: object, *, now: dt.datetime) -> IntakeDraft:
 
     _check_money_rules(draft)
     _check_tax_id_country(draft)
+    if "subscriptions" in draft.values:
+        requests, problems = parse_subscriptions(draft.values.pop("subscriptions"))
+        draft.subscriptions = requests
+        draft.problems.extend(problems)
     created_at = draft.values.get("created_at")
     if created_at is not None and created_at > now:
         draft.problems.append(
@@ -472,6 +487,7 @@ class CatalogRefs:
     customer_class_id: int | None
     custom_fields: tuple[CustomField, ...] = ()
     requires: tuple[str, ...] = ()  # buyer details the class requires (CUSTOMER_DETAILS)
+    plans: Mapping[str, PlanRef] = field(default_factory=dict)  # by name key
 
 
 @dataclass(frozen=True)
@@ -480,6 +496,7 @@ class Accepted:
     reseller_id: int
     business_model_id: int
     customer_class_id: int
+    subscriptions: tuple[tuple[PlanRef, int], ...] = ()  # plan and quantity
 
 
 @dataclass(frozen=True)
@@ -520,6 +537,16 @@ def finish_intake(draft: IntakeDraft, refs: CatalogRefs | None) -> Accepted | Re
                 problems.append(
                     Problem(detail, "required", f"class {customer_class!r} requires {detail}")
                 )
+    subscriptions: list[tuple[PlanRef, int]] = []
+    if draft.subscriptions and refs.reseller_id is not None:
+        subscriptions, plan_problems = check_plans(
+            draft.subscriptions,
+            refs.plans,
+            business_model_id=refs.business_model_id,
+            business_model=business_model,
+            currency=values.get("currency"),
+        )
+        problems.extend(plan_problems)
     if problems:
         return Rejected(tuple(problems))
     assert refs.reseller_id is not None
@@ -532,6 +559,7 @@ def finish_intake(draft: IntakeDraft, refs: CatalogRefs | None) -> Accepted | Re
         reseller_id=refs.reseller_id,
         business_model_id=refs.business_model_id,
         customer_class_id=refs.customer_class_id,
+        subscriptions=tuple(subscriptions),
     )
 
 

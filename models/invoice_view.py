@@ -15,6 +15,11 @@ from enum import StrEnum
 from typing import Any
 
 
+class DocumentKind(StrEnum):
+    INVOICE = "invoice"
+    CREDIT_NOTE = "credit_note"  # corrects an issued invoice (`credited_number`)
+
+
 class EInvoiceFormat(StrEnum):
     """Which structured e-invoice a customer class asks for."""
 
@@ -119,6 +124,9 @@ class InvoiceView:
     lines: tuple[LineView, ...] = field(default_factory=tuple)
     einvoice: EInvoiceFormat = EInvoiceFormat.NONE
     template_name: str = "default.html"
+    kind: DocumentKind = DocumentKind.INVOICE
+    credited_number: int | None = None  # credit notes: the invoice they correct
+    credited_issue_date: dt.date | None = None
 
     @property
     def document_id(self) -> str:

@@ -136,6 +136,16 @@ def invoice_totals(amounts: Iterable[Decimal], tax_rate: Decimal, currency: str)
     return Totals(subtotal=subtotal, tax=tax, total=subtotal + tax)
 
 
+def split_gross(gross: Decimal, tax_rate: Decimal, currency: str) -> Totals:
+    """An amount that includes tax (a credit note's) as net + tax at `tax_rate`: the net is
+    rounded half-up to the currency and the tax is the rest, so net + tax == gross."""
+    if tax_rate < 0:
+        raise ValueError(f"a tax rate cannot be negative, got {tax_rate}")
+    total = round_money(gross, currency)
+    net = round_money(total / (1 + tax_rate), currency)
+    return Totals(subtotal=net, tax=total - net, total=total)
+
+
 def local_date(at: dt.datetime, tz: str) -> dt.date:
     """The calendar date of the aware instant `at` in the IANA zone `tz`."""
     from zoneinfo import ZoneInfo

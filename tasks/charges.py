@@ -64,7 +64,7 @@ def refused(*problems: Problem) -> Result:
 
 def _lock_customer(session: Session, reseller_id: int, data: Movement) -> Customer | None:
     """The reseller's customer row, locked until the transaction ends (concurrent changes
-    queue here)."""
+    queue here; FOR NO KEY UPDATE, see `tasks.queries`)."""
     if data.customer_id is not None:
         return customer_by_id(session, reseller_id, data.customer_id, for_update=True)
     assert data.customer is not None

@@ -323,17 +323,11 @@ def run_collections(
     for start in range(0, len(customer_ids), batch_size):
         batch = customer_ids[start : start + batch_size]
         done = _done_steps(session, [row.id for cid in batch for row in candidates[cid]])
+        # Decided without a lock first: most customers have nothing due at a given run.
+        due: dict[int, list[tuple[Any, list[DueStep]]]] = {}
         for customer_id in batch:
-            customer = try_lock_customer(session, customer_id)
-            if customer is None:
-                summary.customers_busy += 1
-                continue
-            # Re-read under the lock: a payment may have paid some of them meanwhile.
-            left = {inv.invoice_id: inv.due for inv, _tz in open_invoices(session, customer_id)}
             for row in candidates[customer_id]:
-                if row.id not in left:
-                    continue
-                due_steps = steps_due(
+                steps = steps_due(
                     _policy(row),
                     due_date=row.due_date,
                     tz=row.billing_timezone,
@@ -341,8 +335,19 @@ def run_collections(
                     at=now,
                     done=sorted(done.get(row.id, ())),
                 )
-                for due in due_steps:
-                    _take(session, customer, row, due, left[row.id], summary, now)
+                if steps:
+                    due.setdefault(customer_id, []).append((row, steps))
+        for customer_id, invoices in due.items():
+            customer = try_lock_customer(session, customer_id)
+            if customer is None:
+                summary.customers_busy += 1
+                continue
+            # Re-read under the lock: a payment may have paid some of them meanwhile.
+            left = {inv.invoice_id: inv.due for inv, _tz in open_invoices(session, customer_id)}
+            for row, steps in invoices:
+                if row.id in left:
+                    for step in steps:
+                        _take(session, customer, row, step, left[row.id], summary, now)
         session.commit()
     _resume_cleared(session, summary, now)
     return summary

@@ -111,14 +111,18 @@ def _find(
 
 
 def _lock_reseller(session: Session, reseller_id: int) -> None:
-    session.execute(select(Reseller.id).where(Reseller.id == reseller_id).with_for_update())
+    # NO KEY UPDATE, like the numbering UPDATE itself: it waits for a concurrent issuer of
+    # the reseller's numbers, not for every insert that refers to the reseller.
+    session.execute(
+        select(Reseller.id).where(Reseller.id == reseller_id).with_for_update(key_share=True)
+    )
 
 
 def _relock(session: Session, invoice: Invoice) -> Invoice:
     return session.scalars(
         select(Invoice)
         .where(Invoice.id == invoice.id)
-        .with_for_update()
+        .with_for_update(key_share=True)
         .execution_options(populate_existing=True)
     ).one()
 

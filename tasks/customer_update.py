@@ -329,7 +329,7 @@ def _apply(session: Session, customer: Customer, plan: _Plan, now: dt.datetime) 
         ) = plan.pending
     if plan.quantities:
         before = current_subscriptions(session, customer.id)
-        if set_quantities(session, customer, plan.quantities, at=now):
+        if set_quantities(session, customer.id, customer.billing_timezone, plan.quantities, at=now):
             after = current_subscriptions(session, customer.id)
             plan.changes.append(
                 Change("subscriptions", _plan_quantities(before), _plan_quantities(after))

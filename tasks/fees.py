@@ -1,13 +1,14 @@
 """Fee lines of an invoice: the recurring fees of the customer's subscriptions.
 
 `bill_fees(session, period, invoice_id)` runs inside invoice generation, in the invoice's
-transaction, once per invoice created. It reads in three statements what the rules need
-(the period that follows the closed one, the subscription terms overlapping either period
-with their fee in the customer's currency, the fees already recorded for both periods),
-asks `models.fees.fee_lines` which lines to bill, and writes them with one
-`INSERT … ON CONFLICT DO NOTHING RETURNING` into `subscription_fees`, the record unique per
-(term, period start, kind): a line a concurrent generator recorded first is its, not ours.
-The invoice lines follow in one insert. Nothing here renders or sends anything.
+transaction, once per invoice created. One statement reads the customer's subscription
+terms not ended before the period, with their fee in the customer's currency; a customer
+without any costs nothing more. With in-advance terms, two more read the period that
+follows the closed one and the fees already recorded for both periods. The rules
+(`models.fees.fee_lines`) say which lines to bill; one `INSERT … ON CONFLICT DO NOTHING
+RETURNING` writes them into `subscription_fees`, the record unique per (term, period start,
+kind): a line a concurrent generator recorded first is its, not ours. The invoice lines
+follow in one insert. Nothing here renders or sends anything.
 
 The period that follows the closed one is the closed period starting at its end if the
 closer got there, else the customer's open period if it starts there; a customer closed at
@@ -34,6 +35,7 @@ from models import (
     Subscription,
     SubscriptionFee,
 )
+from models.base import table_of
 from models.fees import (
     Billed,
     BilledPeriod,
@@ -84,45 +86,36 @@ def _billed_period(
 
 def _following(session: Session, period: ClosedPeriodFees) -> BilledPeriod | None:
     """The period that starts where `period` ends, closed or still open; None if none will."""
-    closed = session.execute(
-        select(ClosedPeriod.start_date, ClosedPeriod.end_date, ClosedPeriod.billing_period).where(
-            ClosedPeriod.customer_id == period.customer_id,
-            ClosedPeriod.period_start == period.period_end,
-        )
-    ).one_or_none()
-    if closed is not None:
-        return _billed_period(
-            closed.billing_period,
-            period.anchor,
-            period.period_end,
+    closed = ClosedPeriod
+    row = session.execute(
+        select(
             closed.start_date,
             closed.end_date,
-        )
-    current = session.execute(
-        select(
+            closed.billing_period,
+            Customer.status,
             Customer.billing_period,
             Customer.billing_timezone,
             Customer.current_period_start,
             Customer.current_period_end,
-        ).where(
-            Customer.id == period.customer_id,
-            Customer.status == CustomerStatus.ACTIVE.value,
-            Customer.current_period_start == period.period_end,
         )
-    ).one_or_none()
-    if current is None:
+        .outerjoin(
+            closed,
+            and_(closed.customer_id == Customer.id, closed.period_start == period.period_end),
+        )
+        .where(Customer.id == period.customer_id)
+    ).one()
+    if row[0] is not None:
+        return _billed_period(row[2], period.anchor, period.period_end, row[0], row[1])
+    status, rule, tz, start, end = row[3:]
+    if status != CustomerStatus.ACTIVE or start != period.period_end:
         return None
     return _billed_period(
-        current.billing_period,
-        period.anchor,
-        period.period_end,
-        local_date(current.current_period_start, current.billing_timezone),
-        local_date(current.current_period_end, current.billing_timezone),
+        rule, period.anchor, period.period_end, local_date(start, tz), local_date(end, tz)
     )
 
 
-def _terms(session: Session, period: ClosedPeriodFees, first: dt.date, end: dt.date) -> list[Any]:
-    """Subscription terms whose days meet `[first, end)`, with their fee in the currency.
+def _terms(session: Session, period: ClosedPeriodFees) -> list[Any]:
+    """Subscription terms not ended before the period, with their fee in the currency.
 
     A plan without a fee in the customer's currency (intake refuses such subscriptions) is
     left out rather than billed at an invented price.
@@ -143,8 +136,7 @@ def _terms(session: Session, period: ClosedPeriodFees, first: dt.date, end: dt.d
             .join(PlanFee, and_(PlanFee.plan_id == Plan.id, PlanFee.currency == period.currency))
             .where(
                 Subscription.customer_id == period.customer_id,
-                Subscription.starts_on < end,
-                or_(Subscription.ends_on.is_(None), Subscription.ends_on > first),
+                or_(Subscription.ends_on.is_(None), Subscription.ends_on > period.start_date),
             )
             .order_by(Plan.name, Subscription.starts_on, Subscription.id)
         )
@@ -160,10 +152,8 @@ def bill_fees(session: Session, period: ClosedPeriodFees, invoice_id: int) -> li
         period.start_date,
         period.end_date,
     )
-    following = _following(session, period)
-    horizon = (following or closed).days.end
-    assert horizon is not None
-    rows = _terms(session, period, closed.days.start, horizon)
+    # Most customers have no subscription: one query, and nothing else to do.
+    rows = _terms(session, period)
     if not rows:
         return []
     terms = [
@@ -178,20 +168,10 @@ def bill_fees(session: Session, period: ClosedPeriodFees, invoice_id: int) -> li
         )
         for row in rows
     ]
-    keys = [period.period_start] + ([period.period_end] if following is not None else [])
-    recorded = session.execute(
-        select(
-            SubscriptionFee.subscription_id,
-            SubscriptionFee.period_start,
-            SubscriptionFee.kind,
-            SubscriptionFee.amount,
-            SubscriptionFee.first_day,
-            SubscriptionFee.last_day,
-        ).where(
-            SubscriptionFee.customer_id == period.customer_id,
-            SubscriptionFee.period_start.in_(keys),
-        )
-    ).all()
+    advance_terms = [t for t in terms if t.mode == BillingMode.ADVANCE]
+    following = _following(session, period) if advance_terms else None
+    # Arrears fees need no look-up: the unique record refuses a second one.
+    recorded = _recorded(session, period, following) if advance_terms else []
     advance = {
         (r.subscription_id, r.period_start): Billed(
             r.amount, Days(r.first_day, r.last_day + dt.timedelta(days=1))
@@ -204,21 +184,39 @@ def bill_fees(session: Session, period: ClosedPeriodFees, invoice_id: int) -> li
     return _record(session, period, invoice_id, lines)
 
 
+def _recorded(
+    session: Session, period: ClosedPeriodFees, following: BilledPeriod | None
+) -> list[Any]:
+    keys = [period.period_start] + ([period.period_end] if following is not None else [])
+    return list(
+        session.execute(
+            select(
+                SubscriptionFee.subscription_id,
+                SubscriptionFee.period_start,
+                SubscriptionFee.kind,
+                SubscriptionFee.amount,
+                SubscriptionFee.first_day,
+                SubscriptionFee.last_day,
+            ).where(
+                SubscriptionFee.customer_id == period.customer_id,
+                SubscriptionFee.period_start.in_(keys),
+            )
+        )
+    )
+
+
 def _record(
     session: Session, period: ClosedPeriodFees, invoice_id: int, lines: list[FeeLine]
 ) -> list[BilledFeeLine]:
     if not lines:
         return []
+    # Core inserts: the ORM's bulk path costs more than the statement for a few rows.
     insert = dialect_insert(session)
+    fees = table_of(SubscriptionFee)
     recorded = session.execute(
-        insert(SubscriptionFee)
+        insert(fees)
         .on_conflict_do_nothing(index_elements=["subscription_id", "period_start", "kind"])
-        .returning(
-            SubscriptionFee.id,
-            SubscriptionFee.subscription_id,
-            SubscriptionFee.period_start,
-            SubscriptionFee.kind,
-        ),
+        .returning(fees.c.id, fees.c.subscription_id, fees.c.period_start, fees.c.kind),
         [
             {
                 "subscription_id": line.subscription_id,
@@ -244,7 +242,7 @@ def _record(
             billed.append(BilledFeeLine(fee_id, describe(line), line.amount))
     if billed:
         session.execute(
-            insert(InvoiceLine),
+            insert(table_of(InvoiceLine)),
             [
                 {
                     "invoice_id": invoice_id,

@@ -59,6 +59,7 @@ from models.validation import Problem, iso_utc
 from tasks.base import BillingTask, utcnow
 from tasks.blocks import block
 from tasks.queries import customer_by_name
+from tasks.subscriptions import PlanQuantity, plans_named, set_quantities
 from worker.celery_app import app
 from worker.db import dialect_insert, unit_of_work
 
@@ -96,11 +97,17 @@ def _catalog_refs(session: Session, draft: IntakeDraft) -> CatalogRefs:
         )
     ).one()
     reseller_id, business_model_id, class_id, custom_fields, requires = row
+    plans = (
+        plans_named(session, reseller_id, [r.plan for r in draft.subscriptions])
+        if reseller_id is not None and draft.subscriptions
+        else {}
+    )
     return CatalogRefs(
         reseller_id=reseller_id,
         business_model_id=business_model_id,
         customer_class_id=class_id,
         custom_fields=tuple(CustomField.from_json(f) for f in custom_fields or ()),
+        plans=plans,
         requires=tuple(requires or ()),
     )
 
@@ -221,6 +228,18 @@ def _store(
                 balance_after=funds,
                 created_at=created_at,
             )
+        )
+    if accepted.subscriptions:
+        # From the creation instant: the first period's fees are prorated from that day.
+        set_quantities(
+            session,
+            customer_id,
+            intake.billing_timezone,
+            [
+                PlanQuantity(plan.id, plan.name, quantity)
+                for plan, quantity in accepted.subscriptions
+            ],
+            at=created_at,
         )
     return _created(customer_id, intake.name, period)
 

@@ -23,7 +23,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from functools import cache
 from pathlib import Path
@@ -37,8 +37,23 @@ from babel.support import Translations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models import ClosedPeriod, Customer, CustomerClass, Invoice, InvoiceLine, Reseller
-from models.invoice_view import Address, EInvoiceFormat, InvoiceView, LineView, Party
+from models import (
+    ClosedPeriod,
+    CreditNote,
+    Customer,
+    CustomerClass,
+    Invoice,
+    InvoiceLine,
+    Reseller,
+)
+from models.invoice_view import (
+    Address,
+    DocumentKind,
+    EInvoiceFormat,
+    InvoiceView,
+    LineView,
+    Party,
+)
 from models.invoicing_rules import (
     DEFAULT_LOCALE,
     covered_dates_text,
@@ -46,6 +61,7 @@ from models.invoicing_rules import (
     format_money,
     format_rate,
     local_date,
+    split_gross,
 )
 
 LOCALE_DIR = Path(__file__).resolve().parent.parent / "models" / "locale"
@@ -168,6 +184,11 @@ def document_context(view: InvoiceView, *, for_pdf: bool = False) -> dict[str, A
             "fonts": _pdf_fonts() if for_pdf else (),
         },
         "invoice": {
+            "credit_note": view.kind is DocumentKind.CREDIT_NOTE,
+            "credited_number": view.credited_number,
+            "credited_issue_date": ""
+            if view.credited_issue_date is None
+            else format_long_date(view.credited_issue_date, locale),
             "number": view.number,
             "issue_date": format_long_date(view.issue_date, locale),
             "due_date": format_long_date(view.due_date, locale),
@@ -245,7 +266,7 @@ def _with_metadata(pdf: bytes, view: InvoiceView) -> bytes:
     writer.pdf_header = b"%PDF-1.7"  # PDF/A-3 is built on PDF 1.7
     writer.add_metadata(
         {
-            "/Title": translate(language_of(view.locale), "Invoice %(number)s", number=view.number),
+            "/Title": document_title(view),
             "/Author": view.seller.name,
             "/Subject": f"{view.seller.name} → {view.buyer.name}",
             "/Creator": "billing worker",
@@ -290,7 +311,6 @@ def render_facturx_pdf(view: InvoiceView, *, template_dir: str = "") -> bytes:
 
     pdf = render_pdf(view, template_dir=template_dir)
     xml = einvoice_xml(view)
-    language = language_of(view.locale)
     with _PDF_LOCK, _facturx_clock(view.issue_date):
         return bytes(
             generate_from_binary(
@@ -302,12 +322,19 @@ def render_facturx_pdf(view: InvoiceView, *, template_dir: str = "") -> bytes:
                 pdf_metadata={
                     "author": view.seller.name,
                     "keywords": "Factur-X, Invoice",
-                    "title": translate(language, "Invoice %(number)s", number=view.number),
+                    "title": document_title(view),
                     "subject": f"{view.seller.name} → {view.buyer.name}",
                 },
                 lang=view.locale.replace("_", "-"),
             )
         )
+
+
+def document_title(view: InvoiceView) -> str:
+    language = language_of(view.locale)
+    if view.kind is DocumentKind.CREDIT_NOTE:
+        return translate(language, "Credit note %(number)s", number=view.number)
+    return translate(language, "Invoice %(number)s", number=view.number)
 
 
 @dataclass(frozen=True)
@@ -320,7 +347,10 @@ class Attachment:
 def invoice_attachments(view: InvoiceView, *, template_dir: str = "") -> list[Attachment]:
     """What the invoice e-mail carries: the PDF, a Factur-X PDF when the class asks for it."""
     language = language_of(view.locale)
-    stem = translate(language, "invoice-%(number)s", number=view.number)
+    if view.kind is DocumentKind.CREDIT_NOTE:
+        stem = translate(language, "credit-note-%(number)s", number=view.number)
+    else:
+        stem = translate(language, "invoice-%(number)s", number=view.number)
     if view.einvoice is EInvoiceFormat.FACTURX:
         content = render_facturx_pdf(view, template_dir=template_dir)
     else:
@@ -444,4 +474,30 @@ def load_invoice_view(session: Session, invoice_id: int) -> InvoiceView | None:
         lines=lines,
         einvoice=EInvoiceFormat(snapshot.get("einvoice") or EInvoiceFormat.NONE),
         template_name=str(snapshot.get("template") or row.invoice_template),
+    )
+
+
+def load_credit_note_view(session: Session, credit_note_id: int) -> InvoiceView | None:
+    """A stored credit note as a view: the parties, locale and tax of the invoice it
+    corrects, one line with its reason; its amount includes tax (split at the invoice's
+    rate: `models.invoicing_rules.split_gross`)."""
+    note = session.get(CreditNote, credit_note_id)
+    if note is None:
+        return None
+    invoice = load_invoice_view(session, note.invoice_id)
+    if invoice is None:
+        return None
+    totals = split_gross(note.amount, invoice.tax_rate, note.currency)
+    return replace(
+        invoice,
+        kind=DocumentKind.CREDIT_NOTE,
+        number=note.number,
+        issue_date=note.issue_date,
+        due_date=note.issue_date,
+        subtotal=totals.subtotal,
+        tax=totals.tax,
+        total=totals.total,
+        lines=(LineView(note.reason, totals.subtotal, None),),
+        credited_number=invoice.number,
+        credited_issue_date=invoice.issue_date,
     )

@@ -8,7 +8,9 @@
 - `customer_by_id(session, reseller_id, customer_id)`: a customer id, only if the customer
   belongs to the reseller (another reseller's id is "no such customer", never a hint).
 
-Messages never name, count or hint at another reseller's data.
+`for_update=True` locks the row `FOR NO KEY UPDATE` (money writers: rows that only refer
+to the customer, such as invoices, are not blocked by it). Messages never name, count or
+hint at another reseller's data.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def customer_by_name(
     """The reseller's customer whose name has `name`'s key (ignoring case and form)."""
     query = _customer(reseller_id).where(Customer.name_key == name_key(name))
     if for_update:
-        query = query.with_for_update().execution_options(populate_existing=True)
+        query = query.with_for_update(key_share=True).execution_options(populate_existing=True)
     return session.scalars(query).one_or_none()
 
 
@@ -80,5 +82,5 @@ def customer_by_id(
     """The customer `customer_id` if it belongs to the reseller, else None."""
     query = _customer(reseller_id).where(Customer.id == customer_id)
     if for_update:
-        query = query.with_for_update().execution_options(populate_existing=True)
+        query = query.with_for_update(key_share=True).execution_options(populate_existing=True)
     return session.scalars(query).one_or_none()

@@ -78,11 +78,16 @@ def lock_customer(session: Session, customer_id: int) -> Customer:
 def try_lock_customer(
     session: Session, customer_id: int, *, skip_locked: bool = True
 ) -> Customer | None:
-    """The customer row locked, or None if another transaction holds it (`skip_locked`)."""
+    """The customer row locked, or None if another transaction holds it (`skip_locked`).
+
+    `FOR NO KEY UPDATE`: it serialises every writer of the customer's money (they all take
+    it) without conflicting with the key-share locks that inserting rows which refer to the
+    customer takes (an invoice being generated), which would otherwise deadlock against
+    the reseller lock of invoice and credit-note numbering."""
     return session.scalars(
         select(Customer)
         .where(Customer.id == customer_id)
-        .with_for_update(skip_locked=skip_locked)
+        .with_for_update(skip_locked=skip_locked, key_share=True)
         .execution_options(populate_existing=True)
     ).one_or_none()
 

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models import Customer, Plan, PlanFee, Subscription
+from models import Plan, PlanFee, Subscription
 from models.invoicing_rules import local_date
 from models.names import name_key
 from models.subscription_requests import PlanRef
@@ -50,9 +50,15 @@ def current_subscriptions(session: Session, customer_id: int) -> list[dict[str, 
 
 
 def set_quantities(
-    session: Session, customer: Customer, requested: Iterable[PlanQuantity], *, at: dt.datetime
+    session: Session,
+    customer_id: int,
+    timezone: str,
+    requested: Iterable[PlanQuantity],
+    *,
+    at: dt.datetime,
 ) -> bool:
-    """Give each requested plan its quantity from `at` on; whether anything changed."""
+    """Give each requested plan of the customer its quantity from `at` on (local dates in
+    the customer's billing `timezone`); whether anything changed."""
     wanted = {item.plan_id: item for item in requested}
     if not wanted:
         return False
@@ -61,14 +67,14 @@ def set_quantities(
         for term in session.scalars(
             select(Subscription)
             .where(
-                Subscription.customer_id == customer.id,
+                Subscription.customer_id == customer_id,
                 Subscription.plan_id.in_(wanted),
                 Subscription.ends_at.is_(None),
             )
             .with_for_update()
         )
     }
-    day = local_date(at, customer.billing_timezone)
+    day = local_date(at, timezone)
     changed = False
     for plan_id, item in wanted.items():
         term = open_terms.get(plan_id)
@@ -86,7 +92,7 @@ def set_quantities(
         if item.quantity > 0:
             session.add(
                 Subscription(
-                    customer_id=customer.id,
+                    customer_id=customer_id,
                     plan_id=plan_id,
                     quantity=item.quantity,
                     starts_at=at,

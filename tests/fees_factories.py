@@ -42,4 +42,10 @@ def subscribe(
     session: Session, customer: Customer, plan: Plan, quantity: int, at: dt.datetime
 ) -> None:
     """Set `customer`'s quantity of `plan` from `at` on (0 ends it)."""
-    set_quantities(session, customer, [PlanQuantity(plan.id, plan.name, quantity)], at=at)
+    set_quantities(
+        session,
+        customer.id,
+        customer.billing_timezone,
+        [PlanQuantity(plan.id, plan.name, quantity)],
+        at=at,
+    )

@@ -369,13 +369,26 @@ def _kill_worker(app: Any, log_dir: Any, name: str) -> WorkerProcess:
         app,
         log_dir,
         name=name,
-        queues=["closing", "invoicing"],
+        queues=["closing", "invoicing", "intake"],
         concurrency=1,
         env={
             "BILLING_REDIS_KEY_PREFIX": app.conf.broker_transport_options["global_keyprefix"],
             "BILLING_CLOSE_BATCH": "250",
             "BILLING_INVOICE_BATCH": "50",
         },
+    )
+
+
+def _closing_uncommitted(engine: Engine) -> bool:
+    """Whether another connection is inside a transaction that is writing closed periods."""
+    return (
+        _count(
+            engine,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND state IN ('active', 'idle in transaction') "
+            "AND query ILIKE '%closed_periods%'",
+        )
+        > 0
     )
 
 
@@ -451,3 +464,68 @@ def test_killing_the_worker_mid_close_with_fees_bills_every_fee_once(
     with Session(clean_db) as session:
         assert session.scalar(select(func.count()).select_from(SubscriptionFee)) == 5 * n
         assert session.scalar(select(func.count()).select_from(Customer)) == n
+
+
+def test_killing_the_worker_mid_customer_close_then_closing_again_bills_every_fee_once(
+    clean_db, kill_app, tmp_path
+) -> None:
+    """A customer close that must first catch up on ~1,400 daily periods is SIGKILLed in the
+    middle: nothing of it stays (one transaction); closing again closes every period once,
+    cuts the last one, and every fee is billed exactly once on exactly one invoice."""
+    created = _at("2023-01-01T00:00:00Z")
+    cut = "2026-11-15T12:00:00Z"
+    with unit_of_work() as session:
+        customer = make_customer(
+            session, name="Long Gone", billing_period="daily", created_at=created
+        )
+        line = make_plan(session, "Internet line", "arrears", {"USD": "2.00"})
+        seat = make_plan(session, "PBX seat", "advance", {"USD": "1.00"})
+        subscribe(session, customer, line, 1, created)
+        subscribe(session, customer, seat, 3, created)
+        customer_id = customer.id
+    days = (_at(cut).date() - created.date()).days  # whole days before the cut day
+    doomed = _kill_worker(kill_app, tmp_path, "close-doomed")
+    doomed.start()
+    try:
+        kill_app.send_task(
+            "billing.customers.close",
+            kwargs={"reseller": "acme", "name": "Long Gone", "at": cut},
+            queue="intake",
+        )
+        wait_for(
+            lambda: _closing_uncommitted(clean_db),
+            timeout=60,
+            interval=0.02,
+            what="the close writing periods",
+        )
+    finally:
+        doomed.kill()
+    with unit_of_work() as session:
+        assert session.get(Customer, customer_id).status == "active"  # type: ignore[union-attr]
+    assert _count(clean_db, "SELECT count(*) FROM closed_periods") == 0
+
+    survivor = _kill_worker(kill_app, tmp_path, "close-survivor")
+    survivor.start()
+    try:
+        result = kill_app.send_task(
+            "billing.customers.close",
+            kwargs={"reseller": "acme", "name": "Long Gone", "at": cut},
+            queue="intake",
+        ).get(timeout=300)
+        assert result["status"] == "closed", result
+        assert len(result["closed_period_ids"]) == days + 1
+        wait_for(
+            lambda: _count(clean_db, "SELECT count(*) FROM closed_periods WHERE NOT invoiced") == 0,
+            timeout=300,
+            what="every closed period invoiced",
+        )
+    finally:
+        survivor.stop()
+    assert _count(clean_db, "SELECT count(*) FROM invoices") == days + 1
+    # Arrears: one per period, the last (cut at noon) bills no day; advance: one per day.
+    assert _count(clean_db, "SELECT count(*) FROM subscription_fees WHERE kind = 'arrears'") == days
+    assert _count(clean_db, "SELECT count(*) FROM subscription_fees WHERE kind = 'advance'") == days
+    assert _count(clean_db, "SELECT count(DISTINCT fee_id) FROM invoice_lines") == 2 * days
+    with clean_db.connect() as conn:
+        total = conn.scalar(text("SELECT sum(subtotal) FROM invoices"))
+    assert Decimal(total) == Decimal(5 * days)

@@ -513,3 +513,46 @@ def test_suspend_and_resume_are_an_operator_block_of_their_own(session) -> None:
     assert customer.blocked
     fields = session.scalars(select(CustomerChange.field).order_by(CustomerChange.id)).all()
     assert fields == ["suspension", "credit_limit", "suspension"]
+
+
+def test_intake_subscribes_from_creation_and_rejects_every_bad_subscription(session) -> None:
+    """Intake stores subscriptions from the creation instant; unknown plans, plans of another
+    business model or without the currency and bad quantities are all reported at once."""
+    from tasks.intake import create_customer
+    from tests.factories import get_or_create_catalog, intake_payload
+
+    get_or_create_catalog(session, customer_class="Business", custom_fields=[])
+    make_plan(session, "PBX seat", "advance", {"USD": "12.00"})
+    make_plan(session, "Euro seat", "advance", {"EUR": "11.00"})
+    session.commit()
+    now = _at("2026-03-19T20:00:00Z")
+    bad = create_customer(
+        session,
+        intake_payload(
+            custom_data={},
+            subscriptions=[
+                {"plan": "Ghost", "quantity": 1},
+                {"plan": "Euro seat", "quantity": 1},
+                {"plan": "pbx SEAT", "quantity": 0},
+                {"plan": "PBX seat", "quantity": 2},
+            ],
+        ),
+        now=now,
+    )
+    assert sorted((e["field"], e["code"]) for e in bad["errors"]) == [
+        ("subscriptions[0].plan", "not_found"),
+        ("subscriptions[1].plan", "currency_not_offered"),
+        ("subscriptions[2].quantity", "out_of_range"),
+    ]
+    assert session.scalar(select(func.count()).select_from(Customer)) == 0
+    good = create_customer(
+        session,
+        intake_payload(custom_data={}, subscriptions=[{"plan": "PBX seat", "quantity": 25}]),
+        now=now,
+    )
+    assert good["status"] == "created", good
+    from tasks.subscriptions import current_subscriptions
+
+    assert current_subscriptions(session, good["customer_id"]) == [
+        {"plan": "PBX seat", "quantity": 25, "since": "2026-03-19T20:00:00Z"}
+    ]

@@ -413,3 +413,59 @@ def test_every_catalog_translates_every_word_of_the_template_and_the_e_mail() ->
         assert used <= set(known), (language, used - set(known))
         if language != "en":
             assert all(known[m] for m in used), language
+
+
+def credit_note(**changes) -> InvoiceView:
+    from models.invoice_view import DocumentKind
+    from models.invoicing_rules import split_gross
+
+    totals = split_gross(Decimal("6.00"), Decimal("0.2"), "EUR")
+    values = {
+        "kind": DocumentKind.CREDIT_NOTE,
+        "number": 7,
+        "issue_date": dt.date(2026, 3, 25),
+        "due_date": dt.date(2026, 3, 25),
+        "subtotal": totals.subtotal,
+        "tax": totals.tax,
+        "total": totals.total,
+        "lines": (LineView("Appels facturés deux fois", totals.subtotal, None),),
+        "credited_number": 42,
+        "credited_issue_date": dt.date(2026, 3, 19),
+    }
+    values.update(changes)
+    base = view()
+    from dataclasses import replace
+
+    return replace(base, **values)
+
+
+def test_a_credit_note_reads_as_one_and_its_xml_is_a_valid_381_referring_to_the_invoice() -> None:
+    """Same template and parties; 'Avoir' in French, the corrected invoice named, net + tax
+    split at the invoice's rate; the XML is type 381 with the preceding invoice (BG-3)."""
+    note = credit_note(locale="fr_FR")
+    text = pdf_text(render_pdf(note))
+
+    for expected in ("Avoir 7", "FACTURE CORRIGÉE", "42", "25 mars 2026", "5,00 €", "1,00 €"):
+        assert expected in text, expected
+    assert "Cet avoir réduit la facture 42 de 6,00 €." in text
+    assert "Merci de régler" not in text
+    xml = cii_xml(note)
+    assert facturx.xml_check_xsd(xml, flavor="factur-x", level="en16931")
+    root = etree.fromstring(xml)
+    assert _x(root, "//rsm:ExchangedDocument/ram:TypeCode/text()") == ["381"]
+    assert _x(root, "//ram:InvoiceReferencedDocument/ram:IssuerAssignedID/text()") == ["42"]
+    assert _x(root, "//ram:GrandTotalAmount/text()") == ["6.00"]
+    (attachment,) = invoice_attachments(note)
+    assert attachment.filename == "avoir-7.pdf"
+
+
+@pytest.mark.parametrize("gross", ["0.01", "6.00", "10.13", "99999.99"])
+@pytest.mark.parametrize("rate", ["0", "0.2", "0.055", "0.08875"])
+def test_a_gross_amount_splits_into_net_and_tax_that_add_back_up(gross, rate) -> None:
+    """net + tax is exactly the credited amount, and the net is the rounded gross / (1 + rate)."""
+    from models.invoicing_rules import split_gross
+
+    totals = split_gross(Decimal(gross), Decimal(rate), "EUR")
+
+    assert totals.subtotal + totals.tax == totals.total == Decimal(gross)
+    assert abs(totals.subtotal * (1 + Decimal(rate)) - Decimal(gross)) <= Decimal("0.01")

@@ -359,3 +359,38 @@ def test_a_customer_taken_in_with_french_details_gets_a_french_invoice_with_its_
     assert "10,13 €" in text
     assert "Renamed later" not in text
     assert sorted(session.scalars(select(Notification.recipient))) == ["factures@emile.example"]
+
+
+def test_a_credit_note_is_rendered_from_its_stored_row_and_its_invoice(session) -> None:
+    """A credit note issued by collections gets the invoice's parties and locale, its own
+    number and date, and a valid type-381 e-invoice pointing at the invoice."""
+    import facturx
+
+    from tasks.corrections import credit_invoice
+    from tasks.invoice_documents import einvoice_xml, load_credit_note_view
+
+    customer = billing_customer(
+        session, class_fields={"tax_rate": Decimal("0.2")}, customer_fields={"locale": "de_DE"}
+    )
+    period = close_period(session, customer, MAR19, APR19)
+    _charge(session, customer, "10.00", dt.datetime(2026, 3, 20, tzinfo=dt.UTC))
+    generate_invoices(session, [period.id], now=NOW)
+    later = NOW + dt.timedelta(days=3)
+    credited = credit_invoice(
+        session, reseller="acme", number=1, amount="6.00", reason="Doppelt berechnet", now=later
+    ).as_json()
+    note_id = credited["credit_note_id"]
+
+    view = load_credit_note_view(session, note_id)
+
+    assert view is not None
+    assert (view.number, view.credited_number, view.issue_date) == (1, 1, dt.date(2026, 4, 22))
+    assert (view.subtotal, view.tax, view.total) == (
+        Decimal("5.00"),
+        Decimal("1.00"),
+        Decimal("6.00"),
+    )
+    html = render_html(view)
+    assert "Gutschrift" in html
+    assert "Doppelt berechnet" in html
+    assert facturx.xml_check_xsd(einvoice_xml(view), flavor="factur-x", level="en16931")

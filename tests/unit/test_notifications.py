@@ -218,3 +218,30 @@ def test_tax_free_invoices_still_notify(session) -> None:
     generate_invoices(session, [period.id], now=NOW)
 
     assert session.scalars(select(Notification.status)).all() == ["pending"]
+
+
+def test_a_worker_with_a_bad_smtp_url_stops_at_start_up_in_one_line() -> None:
+    """`celery -A worker worker` with a malformed BILLING_SMTP_URL exits 1 before starting,
+    with one line naming the variable (no traceback, no password)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.support import REPO_ROOT
+
+    env = {**os.environ, "BILLING_SMTP_URL": "smtp://user:s3cret@mail.test:port"}
+    done = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", "intake"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "BILLING_SMTP_URL" in lines[0]
+    assert "s3cret" not in done.stderr

@@ -25,12 +25,13 @@ def dead_letters() -> None:
 def list_command(limit: int, with_body: bool, as_json: bool) -> None:
     """List dead letters, the most recent first."""
     from models import DeadLetter
+    from models.validation import iso_utc
 
     with unit_of_work() as session:
         rows: list[dict[str, Any]] = [
             {
                 "id": row.id,
-                "received_at": row.received_at.isoformat(),
+                "received_at": iso_utc(row.received_at),
                 "queue": row.queue,
                 "task": row.task,
                 "task_id": row.task_id,
