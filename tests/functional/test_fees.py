@@ -333,13 +333,13 @@ def _seed_subscribed(engine: Engine, n: int, start: dt.datetime) -> None:
             text(
                 """
                 INSERT INTO customers (
-                    reseller_id, name, business_model_id, customer_class_id, billing_period,
-                    billing_timezone, balance_control, currency, custom_data, created_at,
-                    created_local_date, current_period_start, current_period_end
+                    reseller_id, name, name_key, business_model_id, customer_class_id,
+                    billing_period, billing_timezone, balance_control, currency, custom_data,
+                    created_at, created_local_date, current_period_start, current_period_end
                 )
-                SELECT :reseller, 'subscriber ' || g, :model, :class, 'daily', 'UTC',
-                       'postpaid', 'USD', '{}', :start, CAST(:start AS date), :start,
-                       :start + interval '1 day'
+                SELECT :reseller, 'subscriber ' || g, 'subscriber ' || g, :model, :class,
+                       'daily', 'UTC', 'postpaid', 'USD', '{}', :start, CAST(:start AS date),
+                       :start, :start + interval '1 day'
                 FROM generate_series(1, :n) AS g
                 """
             ),
