@@ -19,6 +19,9 @@ Pure parsing and validation, no I/O: `parse_catalog(text)` returns a `CatalogFil
           - name: Hosted IP PBX       # unique within the reseller
             service_type: voice
             description: Cloud PBX seats  # optional
+        plans:                        # this reseller's own (see models.catalog_plans)
+          - {name: PBX seat, business_model: Hosted IP PBX, billing_mode: advance,
+             fees: {USD: "12.00"}}
         customer_classes:             # this reseller's own
           - name: Business            # unique within the reseller
             grace_period_days: 15     # optional, default 0
@@ -67,6 +70,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from models.catalog_plans import PlanSpec, duplicate_plans
 from models.custom_fields import CUSTOM_FIELD_TYPES, CustomField
 from models.invoice_view import Address
 from models.money import parse_decimal_text
@@ -257,6 +261,7 @@ class ResellerSpec(_Strict):
     locale: Locale = ""
     business_models: Annotated[list[BusinessModelSpec], Field(max_length=1000)] = []
     customer_classes: Annotated[list[CustomerClassSpec], Field(max_length=1000)] = []
+    plans: Annotated[list[PlanSpec], Field(max_length=1000)] = []
 
     def party_row(self) -> dict[str, Any]:
         address = self.address
@@ -305,6 +310,7 @@ def _duplicates(catalog: CatalogFile) -> list[Problem]:
         problems += _duplicate_names(
             f"{where}.customer_classes", reseller.customer_classes, "customer class"
         )
+        problems += duplicate_plans(f"{where}.plans", reseller.plans)
         for i, cls in enumerate(reseller.customer_classes):
             fields: set[str] = set()
             for j, custom in enumerate(cls.custom_fields):

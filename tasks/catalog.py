@@ -21,8 +21,9 @@ from sqlalchemy.orm import Session
 
 from models.base import table_of
 from models.catalog import BusinessModel, CustomerClass, Reseller
-from models.catalog_file import CatalogFile
+from models.catalog_file import CatalogFile, CatalogFileError
 from models.names import name_key
+from tasks.catalog_plans import load_plans
 from worker.db import dialect_insert
 
 
@@ -109,7 +110,7 @@ def load_catalog(session: Session, catalog: CatalogFile) -> dict[str, dict[str, 
     """Upsert every entry of `catalog` by name key; counts of created / updated / unchanged."""
     summary = {
         section: {"created": 0, "updated": 0, "unchanged": 0}
-        for section in ("resellers", "business_models", "customer_classes")
+        for section in ("resellers", "business_models", "customer_classes", "plans")
     }
     resellers = table_of(Reseller)
     rows = [_reseller_row(s) for s in catalog.resellers]
@@ -137,4 +138,14 @@ def load_catalog(session: Session, catalog: CatalogFile) -> dict[str, dict[str, 
             summary["customer_classes"],
             scope="reseller_id",
         )
+    problems = []
+    for r, (spec, row) in enumerate(zip(catalog.resellers, rows, strict=True)):
+        counts, found = load_plans(
+            session, ids[row["name_key"]], spec.plans, where=f"resellers[{r}].plans"
+        )
+        problems += found
+        for key, count in counts.items():
+            summary["plans"][key] += count
+    if problems:  # the caller's transaction rolls back: nothing of the file is stored
+        raise CatalogFileError(problems)
     return summary

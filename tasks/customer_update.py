@@ -39,6 +39,7 @@ from models.customer import BalanceControl
 from models.customer_update import UpdateDraft, parse_update
 from models.invoicing_rules import is_blocked
 from models.money import decimal_places, minor_units, quantum
+from models.names import name_key
 from models.subscription_requests import check_plans
 from models.validation import Problem
 from tasks.base import BillingTask, utcnow
@@ -174,7 +175,8 @@ def _plan_class_and_data(
     if "customer_class" in values and values["customer_class"] != class_name:
         found = session.execute(
             select(CustomerClass.id, CustomerClass.name, CustomerClass.custom_fields).where(
-                CustomerClass.name == values["customer_class"]
+                CustomerClass.reseller_id == reseller_id,
+                CustomerClass.name_key == name_key(values["customer_class"]),
             )
         ).one_or_none()
         if found is None:

@@ -38,6 +38,9 @@ def load_command(file: str, as_json: bool) -> None:
         spec = parse_catalog(raw.decode("utf-8-sig"), filename="" if file == "-" else file)
         templates = template_environment(settings().template_dir, "en")
         check_templates(spec, templates.list_templates(extensions=["html"]))
+        settings().ensure_data_dir()
+        with unit_of_work() as session:
+            summary = load_catalog(session, spec)  # plans are checked against the database
     except (CatalogFileError, UnicodeDecodeError) as error:
         problems = (
             error.errors
@@ -52,9 +55,7 @@ def load_command(file: str, as_json: bool) -> None:
             for problem in problems:
                 click.echo(f"  {problem['field'] or '(file)'}: {problem['message']}", err=True)
         exit_status(True)
-    settings().ensure_data_dir()
-    with unit_of_work() as session:
-        summary = load_catalog(session, spec)
+        return
     if as_json:
         click.echo(json.dumps({"status": "loaded", **summary}, indent=2))
         return
