@@ -250,6 +250,7 @@ def test_loading_the_same_catalog_twice_changes_nothing(clean_db, db_session) ->
         "resellers": {"created": 0, "updated": 0, "unchanged": 2},
         "business_models": {"created": 0, "updated": 0, "unchanged": 4},
         "customer_classes": {"created": 0, "updated": 0, "unchanged": 5},
+        "plans": {"created": 0, "updated": 0, "unchanged": 4},
     }
     db_session.expire_all()
     assert _snapshot(db_session) == before
