@@ -32,8 +32,10 @@ means no limit).
 from __future__ import annotations
 
 import datetime as dt
+import functools
+from collections.abc import Iterable
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import null, select
 from sqlalchemy.orm import Session
@@ -67,11 +69,26 @@ from worker.db import dialect_insert, unit_of_work
 # simply tried again; more than this many times means something else is wrong.
 _INSERT_ATTEMPTS = 3
 
+# Pure functions of a few values: a bulk import of customers created the same day in the
+# same zone and rule computes their first period once (`tasks.intake_batch`).
+_local_date = functools.lru_cache(maxsize=4096)(local_date)
+_first_period = functools.lru_cache(maxsize=4096)(first_period)
+
 
 def _catalog_refs(session: Session, draft: IntakeDraft) -> CatalogRefs:
-    """The ids behind the draft's catalog names, in one round trip: the reseller by name
-    key, its own business model and customer class by name key within it."""
-    reseller, business_model, customer_class = draft.catalog_names()
+    return catalog_refs(session, draft.catalog_names(), [r.plan for r in draft.subscriptions])
+
+
+def catalog_refs(
+    session: Session,
+    names: tuple[str | None, str | None, str | None],
+    plan_names: Iterable[str] = (),
+) -> CatalogRefs:
+    """The ids behind catalog `names` (reseller, business model, customer class, as in
+    `IntakeDraft.catalog_names`), in one round trip: the reseller by name key, its own
+    business model and customer class by name key within it; and the reseller's plans
+    among `plan_names` (one more round trip, only when there are any)."""
+    reseller, business_model, customer_class = names
     reseller_id = (
         select(Reseller.id).where(Reseller.name_key == name_key(reseller)).scalar_subquery()
         if reseller is not None
@@ -97,9 +114,10 @@ def _catalog_refs(session: Session, draft: IntakeDraft) -> CatalogRefs:
         )
     ).one()
     reseller_id, business_model_id, class_id, custom_fields, requires = row
+    plan_names = list(plan_names)
     plans = (
-        plans_named(session, reseller_id, [r.plan for r in draft.subscriptions])
-        if reseller_id is not None and draft.subscriptions
+        plans_named(session, reseller_id, plan_names)
+        if reseller_id is not None and plan_names
         else {}
     )
     return CatalogRefs(
@@ -165,19 +183,20 @@ def create_customer(
     return _store(session, outcome, now=now, delivery_key=delivery_key)
 
 
-def _store(
-    session: Session, accepted: Accepted, *, now: dt.datetime, delivery_key: str | None
-) -> dict[str, Any]:
+def customer_row(
+    accepted: Accepted, *, now: dt.datetime, delivery_key: str | None
+) -> tuple[dict[str, Any], Period] | dict[str, Any]:
+    """The `customers` row an accepted intake stores, with its first period; or the
+    rejection when the first period cannot be computed (a `created_at` out of range)."""
     intake = accepted.intake
     created_at = intake.created_at or now
-    created_local_date = local_date(created_at, intake.billing_timezone)
+    created_local_date = _local_date(created_at, intake.billing_timezone)
     try:
-        period = first_period(intake.billing_period, created_local_date, intake.billing_timezone)
+        period = _first_period(intake.billing_period, created_local_date, intake.billing_timezone)
     except PeriodError as error:
         return _rejected([Problem("created_at", "out_of_range", str(error))])
     prepaid = intake.balance_control == BalanceControl.PREPAID
     funds = intake.available_funds or Decimal(0)
-    intake_key = intake.idempotency_key or delivery_key
     row = {
         "reseller_id": accepted.reseller_id,
         "name": intake.name,
@@ -199,8 +218,19 @@ def _store(
         "created_local_date": created_local_date,
         "current_period_start": _utc(period.start),
         "current_period_end": _utc(period.end),
-        "intake_key": intake_key,
+        "intake_key": intake.idempotency_key or delivery_key,
     }
+    return row, period
+
+
+def _store(
+    session: Session, accepted: Accepted, *, now: dt.datetime, delivery_key: str | None
+) -> dict[str, Any]:
+    built = customer_row(accepted, now=now, delivery_key=delivery_key)
+    if isinstance(built, dict):
+        return built
+    row, period = built
+    intake = accepted.intake
     customers = table_of(Customer)
     statement = (
         dialect_insert(session)(customers)
@@ -212,11 +242,14 @@ def _store(
         customer_id = session.execute(statement).scalar_one_or_none()
         if customer_id is not None:
             break
-        conflict = _conflict_outcome(session, accepted.reseller_id, intake, intake_key)
+        conflict = _conflict_outcome(session, accepted.reseller_id, intake, row["intake_key"])
         if conflict is not None:
             return conflict
     else:
         raise RuntimeError(f"customer {intake.name!r} neither inserted nor found conflicting")
+    created_at = row["created_at"]
+    prepaid = intake.balance_control == BalanceControl.PREPAID
+    funds = row["balance"]
     if prepaid and funds == 0:
         block(session, customer_id, BlockReason.NO_FUNDS, at=created_at)
     if prepaid:
@@ -244,34 +277,45 @@ def _store(
     return _created(customer_id, intake.name, period)
 
 
-def _conflict_outcome(
-    session: Session, reseller_id: int, intake: CustomerIntake, intake_key: str | None
+class StoredCustomer(Protocol):
+    """What classifying a conflict needs of the stored customer it conflicts with."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def name_key(self) -> str: ...
+    @property
+    def billing_period(self) -> str: ...
+    @property
+    def billing_timezone(self) -> str: ...
+    @property
+    def created_local_date(self) -> dt.date: ...
+
+
+def conflict_outcome(
+    name: str, same_key: StoredCustomer | None, same_name: StoredCustomer | None
 ) -> dict[str, Any] | None:
-    """Why the insert did nothing: a replayed key, a taken name, or (None) nothing any more.
-    Only the reseller's own customers are looked at."""
-    if intake_key is not None:
-        same_key = session.scalars(
-            select(Customer).where(
-                Customer.reseller_id == reseller_id, Customer.intake_key == intake_key
+    """The outcome of an intake for `name` that conflicts with the reseller's customer of
+    the same idempotency key (`same_key`) or else of the same name key (`same_name`): the
+    original outcome again, a reused key, or a taken name; None when neither exists."""
+    if same_key is not None:
+        if same_key.name_key != name_key(name):
+            return _rejected(
+                [
+                    Problem(
+                        "idempotency_key",
+                        "idempotency_key_reused",
+                        f"this idempotency key already created customer {same_key.name!r}; "
+                        "use a new key for a different customer",
+                    )
+                ]
             )
-        ).one_or_none()
-        if same_key is not None:
-            if same_key.name_key != name_key(intake.name):
-                return _rejected(
-                    [
-                        Problem(
-                            "idempotency_key",
-                            "idempotency_key_reused",
-                            f"this idempotency key already created customer {same_key.name!r}; "
-                            "use a new key for a different customer",
-                        )
-                    ]
-                )
-            period = first_period(
-                same_key.billing_period, same_key.created_local_date, same_key.billing_timezone
-            )
-            return _created(same_key.id, same_key.name, period, replayed=True)
-    same_name = customer_by_name(session, reseller_id, intake.name)
+        period = first_period(
+            same_key.billing_period, same_key.created_local_date, same_key.billing_timezone
+        )
+        return _created(same_key.id, same_key.name, period, replayed=True)
     if same_name is not None:
         return _rejected(
             [
@@ -284,6 +328,24 @@ def _conflict_outcome(
             ]
         )
     return None
+
+
+def _conflict_outcome(
+    session: Session, reseller_id: int, intake: CustomerIntake, intake_key: str | None
+) -> dict[str, Any] | None:
+    """Why the insert did nothing: a replayed key, a taken name, or (None) nothing any more.
+    Only the reseller's own customers are looked at."""
+    same_key = (
+        session.scalars(
+            select(Customer).where(
+                Customer.reseller_id == reseller_id, Customer.intake_key == intake_key
+            )
+        ).one_or_none()
+        if intake_key is not None
+        else None
+    )
+    same_name = customer_by_name(session, reseller_id, intake.name) if same_key is None else None
+    return conflict_outcome(intake.name, same_key, same_name)
 
 
 @app.task(name="billing.customers.create", base=BillingTask, bind=True)

@@ -30,6 +30,7 @@ QUEUES = ("intake", "closing", "invoicing", "charges")
 TASK_MODULES = [
     "tasks.health",
     "tasks.intake",
+    "tasks.intake_batch",
     "tasks.closing",
     "tasks.invoicing",
     "tasks.notifications",
