@@ -79,6 +79,7 @@ from models.money import (
     parse_decimal,
     parse_decimal_text,
 )
+from models.names import name_key
 from models.parties import PartyError, check_address, check_email, check_locale, check_tax_id
 from models.periods import (
     BillingPeriod,
@@ -594,3 +595,26 @@ def validate_intake(payload: object, catalog: Catalog, *, now: dt.datetime) -> A
     """Both steps against an in-memory catalog."""
     draft = parse_intake(payload, now=now)
     return finish_intake(draft, catalog.refs(draft) if draft.shaped else None)
+
+
+MAX_IMPORT_CHUNK: Final = 5000  # payloads in one bulk-import message
+
+
+def claimed_identities(payload: object) -> tuple[tuple[str, str, str], ...]:
+    """What a payload would make unique if stored: `(reseller key, "name", name key)` and
+    `(reseller key, "key", idempotency key)`, from the raw values (none for a value of the
+    wrong type). Two payloads that share one must be decided in file order; a bulk
+    producer keeps them in one chunk or sends the later one after the earlier's outcome.
+    A wrong reseller value counts as one shared reseller: over-grouping is harmless."""
+    if not isinstance(payload, dict):
+        return ()
+    reseller = payload.get("reseller")
+    tenant = name_key(reseller) if isinstance(reseller, str) else ""
+    claims: list[tuple[str, str, str]] = []
+    name = payload.get("name")
+    if isinstance(name, str):
+        claims.append((tenant, "name", name_key(name.strip())))
+    key = payload.get("idempotency_key")
+    if isinstance(key, str):
+        claims.append((tenant, "key", key))
+    return tuple(claims)

@@ -40,7 +40,14 @@ from models import BlockReason, Customer, CustomerBlock, Subscription
 from models.base import table_of
 from models.billing import LedgerEntry, LedgerEntryType
 from models.customer import BalanceControl
-from models.intake import Accepted, CatalogRefs, Rejected, finish_intake, parse_intake
+from models.intake import (
+    MAX_IMPORT_CHUNK,
+    Accepted,
+    CatalogRefs,
+    Rejected,
+    finish_intake,
+    parse_intake,
+)
 from models.invoicing_rules import local_date
 from models.periods import Period
 from models.validation import Problem
@@ -57,7 +64,6 @@ from worker.celery_app import app
 from worker.db import dialect_insert, unit_of_work
 
 TASK_NAME: Final = "billing.customers.import"
-MAX_CHUNK: Final = 5000  # lines per message the task accepts
 
 
 @dataclass
@@ -314,9 +320,9 @@ def _chunk_problem(lines: Any) -> Problem | None:
         for item in lines
     ):
         return Problem(None, "not_a_chunk", "the message must be a list of [line, payload] pairs")
-    if len(lines) > MAX_CHUNK:
+    if len(lines) > MAX_IMPORT_CHUNK:
         return Problem(
-            None, "payload_too_large", f"{len(lines)} lines; at most {MAX_CHUNK} a message"
+            None, "payload_too_large", f"{len(lines)} lines; at most {MAX_IMPORT_CHUNK} a message"
         )
     return None
 

@@ -30,9 +30,15 @@ def _plain(value: Any) -> Any:
     return str(value)  # Decimal, enum
 
 
-def stored_rows(session: Session) -> dict[str, Any]:
-    """Every row intake stores, normalised: customer ids replaced by (reseller id, name)."""
+def stored_rows(session: Session, *, clock_free: bool = False) -> dict[str, Any]:
+    """Every row intake stores, normalised: customer ids replaced by (reseller id, name).
+    `clock_free` compares the instants that default to "now" (creation, block, term start)
+    by their UTC day only, for runs at different times."""
     session.flush()
+
+    def instant(value: dt.datetime) -> Any:
+        return value.astimezone(dt.UTC).date().isoformat() if clock_free else _plain(value)
+
     customers = session.scalars(select(Customer)).all()
     who = {c.id: (c.reseller_id, c.name) for c in customers}
     rows: dict[str, Any] = {"customers": [], "blocks": [], "ledger": [], "subscriptions": []}
@@ -43,11 +49,12 @@ def stored_rows(session: Session) -> dict[str, Any]:
             if col.key not in _UNCOMPARED
         }
         row["custom_data"], row["billing_address"] = c.custom_data, c.billing_address
+        row["created_at"] = instant(c.created_at)
         if c.intake_key is not None and c.intake_key.startswith("task:"):
             row["intake_key"] = "delivery"
         rows["customers"].append(row)
     for block in session.scalars(select(CustomerBlock)):
-        rows["blocks"].append((who[block.customer_id], block.reason, _plain(block.since)))
+        rows["blocks"].append((who[block.customer_id], block.reason, instant(block.since)))
     for entry in session.scalars(select(LedgerEntry)):
         rows["ledger"].append(
             (
@@ -63,7 +70,7 @@ def stored_rows(session: Session) -> dict[str, Any]:
                 who[term.customer_id],
                 term.plan_id,
                 term.quantity,
-                _plain(term.starts_at),
+                instant(term.starts_at),
                 _plain(term.starts_on),
                 term.ends_at,
                 term.replaces_id,

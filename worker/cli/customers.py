@@ -16,20 +16,26 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from collections.abc import Iterable
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import click
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from tqdm import tqdm
 
 from models.catalog import BusinessModel, CustomerClass, Reseller
 from models.customer import Customer
+from models.intake import MAX_IMPORT_CHUNK, claimed_identities
 from models.money import MoneyError, quantum
 from worker.cli._common import (
     SECONDS,
+    Line,
     Outcome,
+    Report,
     count_lines,
     describe,
     exit_status,
@@ -38,14 +44,18 @@ from worker.cli._common import (
     lines_to_resend,
     open_input,
     open_output,
+    prepare_producer,
     read_lines,
     send_and_collect,
 )
+from worker.cli._common import _collect as collect_results
 from worker.cli._reseller import customer_or_fail, reseller_option, reseller_or_fail
 from worker.config import settings
 from worker.db import unit_of_work
+from worker.reachability import connection_lost
 
 TASK_NAME = "billing.customers.create"
+IMPORT_TASK = "billing.customers.import"
 
 
 def _describe_errors(errors: list[dict[str, Any]]) -> str:
@@ -120,6 +130,12 @@ def enqueue_command(
     if not wait:
         exit_status(bool(report.malformed or report.notes))
         return
+    _summarise(report, results)
+
+
+def _summarise(report: Report, results: IO[str] | None) -> None:
+    """Per-line problems on stdout, the counts, the lines to send again, the results file;
+    and the exit status (`enqueue --wait` and `import` alike)."""
     counts = report.counts(_kind)
     for number in sorted(report.outcomes):
         outcome = report.outcomes[number]
@@ -144,6 +160,184 @@ def enqueue_command(
                 outcome = report.outcomes[number]
                 results.write(json.dumps(outcome.as_json()) + "\n")
     exit_status(any(counts[k] for k in _KINDS if k not in {"created", "duplicate"}))
+
+
+# --------------------------------------------------------------------------------------------
+# Bulk import: chunks of lines per message
+
+
+@customers.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", "jsonl", "csv"]),
+    default="auto",
+    show_default=True,
+    help="Input format; auto means CSV for *.csv, JSON Lines otherwise.",
+)
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(1, MAX_IMPORT_CHUNK),
+    default=1000,
+    show_default=True,
+    help="Lines per message.",
+)
+@click.option(
+    "--timeout",
+    type=SECONDS,
+    default=3600.0,
+    show_default=True,
+    help="Seconds to wait for all results.",
+)
+@click.option(
+    "--results",
+    "results_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write one JSON line per input line (its outcome) to this file.",
+)
+@click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a tty).")
+def import_command(
+    file: str,
+    fmt: str,
+    chunk_size: int,
+    timeout: float,
+    results_path: Path | None,
+    progress: bool | None,
+) -> None:
+    """Import the customers of FILE in chunks (JSON Lines or CSV; - for stdin) and wait.
+
+    Each chunk of lines is one `billing.customers.import` message, validated with the
+    intake rules and stored set-based; outcomes, summary, results file and exit status are
+    those of `enqueue --wait`.
+    """
+    from worker.celery_app import app
+
+    if file != "-" and not Path(file).is_file():
+        raise click.BadParameter(f"{file} is not a file", param_hint="FILE")
+    results = open_output(results_path)
+    settings().ensure_data_dir()
+    show_progress = sys.stderr.isatty() if progress is None else progress
+    fmt, guessed = format_of(file, fmt)
+    prepare_producer(app, wait=True)
+    deadline = time.monotonic() + timeout
+    report = Report()
+    chunks = 0
+    with open_input(file) as stream:
+        wave: Iterable[Line] = read_lines(stream, fmt, guessed=guessed)
+        while True:
+            sent, later = _send_wave(app, wave, report, chunk_size, progress=show_progress)
+            chunks += len(sent)
+            _collect_wave(app, sent, report, deadline=deadline, progress=show_progress)
+            if not later:
+                break
+            if report.notes:
+                for line in later:
+                    report.outcomes[line.number] = Outcome(line.number, "not_sent")
+                break
+            wave = later
+    click.echo(
+        f"sent {report.sent} line(s) in {chunks} chunk(s); "
+        f"{report.malformed} malformed line(s) skipped",
+        err=True,
+    )
+    for note in report.notes:
+        click.echo(note, err=True)
+    _summarise(report, results)
+
+
+Chunk = tuple[list[int], Any]  # line numbers, and the message's AsyncResult
+
+
+def _send_wave(
+    app: Any, lines: Iterable[Line], report: Report, size: int, *, progress: bool
+) -> tuple[list[Chunk], list[Line]]:
+    """Send `lines` in chunks of `size`; return the chunks sent and the lines kept for a
+    later wave. Lines claiming the same name or idempotency key are decided in file order:
+    a line sharing a claim with a line of an earlier chunk of this wave (which may run at
+    the same time on another worker) waits for the next wave, and so does every later line
+    sharing a claim with a waiting one."""
+    sent: list[Chunk] = []
+    later: list[Line] = []
+    owner: dict[tuple[str, str, str], int] = {}  # claim -> chunk index; -1: a later wave
+    current: list[Line] = []
+
+    def send(chunk: list[Line]) -> None:
+        numbers = [line.number for line in chunk]
+        if not report.notes:
+            try:
+                body = [[line.number, line.payload] for line in chunk]
+                sent.append((numbers, app.send_task(IMPORT_TASK, args=[body])))
+                report.sent += len(chunk)
+                return
+            except Exception as error:
+                reason = connection_lost(error)
+                if reason is None:
+                    raise
+                report.notes.append(
+                    f"the broker was lost at line {numbers[0]} ({reason}): the lines from "
+                    "there on were not sent"
+                )
+        for number in numbers:
+            report.outcomes[number] = Outcome(number, "not_sent")
+
+    with tqdm(unit="line", desc="send", disable=not progress, file=sys.stderr) as bar:
+        for line in lines:
+            bar.update(1)
+            if line.payload is None:
+                assert line.problem is not None
+                report.malformed += 1
+                bar.write(f"line {line.number}: {line.problem.message}", file=sys.stderr)
+                report.outcomes[line.number] = Outcome(
+                    line.number, "malformed", {"errors": [line.problem.as_json()]}
+                )
+                continue
+            claims = claimed_identities(line.payload)
+            index = len(sent)
+            if any(owner.get(claim, index) != index for claim in claims):
+                later.append(line)
+                owner.update(dict.fromkeys(claims, -1))
+                continue
+            current.append(line)
+            owner.update(dict.fromkeys(claims, index))
+            if len(current) >= size:
+                send(current)
+                current = []
+        if current:
+            send(current)
+    return sent, later
+
+
+def _collect_wave(
+    app: Any, sent: list[Chunk], report: Report, *, deadline: float, progress: bool
+) -> None:
+    """Wait for every chunk of a wave; each line gets its own outcome from its chunk's."""
+    if not sent:
+        return
+    chunk_report = Report()
+    pending = [(index, result) for index, (_, result) in enumerate(sent)]
+    timeout = max(deadline - time.monotonic(), 0.1)
+    collect_results(app, pending, chunk_report, queue="intake", timeout=timeout, progress=progress)
+    report.notes.extend(chunk_report.notes)
+    for index, (numbers, result) in enumerate(sent):
+        chunk = chunk_report.outcomes[index]
+        lines = chunk.result.get("results")
+        if chunk.status == "imported" and isinstance(lines, list) and len(lines) == len(numbers):
+            for number, value in zip(numbers, lines, strict=True):
+                report.outcomes[number] = Outcome(
+                    number, str(value.get("status")), {**value, "task_id": result.id}
+                )
+        else:
+            status = "failed" if chunk.status in {"imported", "rejected"} else chunk.status
+            detail = {k: v for k, v in chunk.result.items() if k in {"task_id", "error"}}
+            if status == "failed" and "error" not in detail:
+                detail["error"] = repr(chunk.result)
+            for number in numbers:
+                report.outcomes[number] = Outcome(number, status, dict(detail))
+    if chunk_report.notes:
+        # The backend is gone: a result must not try to unsubscribe from it later.
+        for _, result in sent:
+            result.backend = None
 
 
 _ALWAYS_SHOWN = ("created", "duplicate", "rejected", "malformed", "failed", "timeout")
