@@ -28,12 +28,24 @@ transaction: a database error stores nothing of the chunk (the task retries tran
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import (
+    JSON,
+    ColumnDefault,
+    Table,
+    TypeDecorator,
+    and_,
+    delete,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from models import BlockReason, Customer, CustomerBlock, Subscription
@@ -186,18 +198,90 @@ def _decide(session: Session, candidates: Sequence[_Candidate]) -> list[_Decisio
     return decisions
 
 
+def _json_value(value: Any) -> Any:
+    """A bound value as JSON that PostgreSQL reads back as the same value of its column."""
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    return value
+
+
+def insert_rows(
+    session: Session, table: Table, rows: Sequence[dict[str, Any]], *, returning: Sequence[str] = ()
+) -> list[Any]:
+    """`INSERT … ON CONFLICT DO NOTHING [RETURNING …]` of many rows (all with the same
+    keys), in one statement with one parameter on PostgreSQL: the rows as one JSON array,
+    read by `json_populate_recordset` into the table's row type (a multi-row VALUES of a
+    thousand rows, or an array per column, costs the driver more than the server spends
+    storing them). Other databases (SQLite) take SQLAlchemy's executemany. Values are bound
+    as the columns' types bind them (type decorators; None in a JSON column is JSON null, as
+    Core stores it) and missing columns get their scalar defaults, so the stored rows are
+    the ones a Core insert of the same dicts stores."""
+    if not rows:
+        return []
+    dialect = session.get_bind().dialect
+    if dialect.name != "postgresql":
+        statement = dialect_insert(session)(table).on_conflict_do_nothing()
+        if returning:
+            return list(
+                session.execute(
+                    statement.returning(*(table.c[name] for name in returning)), list(rows)
+                ).all()
+            )
+        session.execute(statement, list(rows))
+        return []
+    defaults: dict[str, Any] = {}
+    for column in table.columns:
+        default = column.default
+        if column.key in rows[0] or default is None or column.server_default is not None:
+            continue
+        if not isinstance(default, ColumnDefault) or not default.is_scalar:
+            raise ValueError(f"{table.name}.{column.key} needs a value (no scalar default)")
+        defaults[column.key] = default.arg
+    names = [*rows[0], *defaults]
+    decorated: dict[str, TypeDecorator[Any]] = {}
+    for name in names:
+        kind = table.c[name].type
+        if isinstance(kind, TypeDecorator):
+            decorated[name] = kind
+    records = []
+    for row in rows:
+        record = {**row, **defaults}
+        for name, kind in decorated.items():
+            record[name] = kind.process_bind_param(record[name], dialect)
+        records.append({k: _json_value(v) for k, v in record.items()})
+    quote = dialect.identifier_preparer.quote
+    selected = [
+        f"COALESCE(r.{quote(n)}, 'null'::json)"
+        if isinstance(table.c[n].type, JSON)
+        else f"r.{quote(n)}"
+        for n in names
+    ]
+    sql = (
+        f"INSERT INTO {quote(table.name)} ({', '.join(quote(n) for n in names)}) "  # noqa: S608 (identifiers from the table, values bound)
+        f"SELECT {', '.join(selected)} "
+        f"FROM json_populate_recordset(NULL::{quote(table.name)}, CAST(:rows AS json)) AS r "
+        "ON CONFLICT DO NOTHING"
+    )
+    if returning:
+        sql += f" RETURNING {', '.join(quote(n) for n in returning)}"
+    result = session.execute(text(sql), {"rows": json.dumps(records)})
+    return list(result.all()) if returning else []
+
+
 def _insert_new(session: Session, decisions: Sequence[_Decision]) -> bool:
     """Insert the new customers; True if every one was stored (ids set), else none is."""
     new = [d for d in decisions if d.new is not None]
     if not new:
         return True
     customers = table_of(Customer)
-    returned = session.execute(
-        dialect_insert(session)(customers)
-        .on_conflict_do_nothing()
-        .returning(customers.c.id, customers.c.reseller_id, customers.c.name_key),
+    returned = insert_rows(
+        session,
+        customers,
         [d.candidate.row for d in new],
-    ).all()
+        returning=("id", "reseller_id", "name_key"),
+    )
     ids = {(r.reseller_id, r.name_key): r.id for r in returned}
     if len(ids) < len(new):
         # A concurrent intake stored a conflicting customer since the read: undo ours.
@@ -254,17 +338,15 @@ def _store_details(session: Session, created: Sequence[_Decision]) -> None:
                 )
     if blocked:
         # New customers have no block yet: what `tasks.blocks.block` records, for all.
-        session.execute(dialect_insert(session)(table_of(CustomerBlock)), blocked)
+        insert_rows(session, table_of(CustomerBlock), blocked)
         session.execute(
             update(Customer)
             .where(Customer.id.in_([b["customer_id"] for b in blocked]))
             .values(blocked=True)
             .execution_options(synchronize_session=False)
         )
-    if ledger:
-        session.execute(dialect_insert(session)(table_of(LedgerEntry)), ledger)
-    if terms:
-        session.execute(dialect_insert(session)(table_of(Subscription)), terms)
+    insert_rows(session, table_of(LedgerEntry), ledger)
+    insert_rows(session, table_of(Subscription), terms)
 
 
 def _outcome(d: _Decision) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import random
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from models import Customer, CustomerBlock, LedgerEntry, Subscription
@@ -78,6 +78,17 @@ def stored_rows(session: Session, *, clock_free: bool = False) -> dict[str, Any]
         )
     for value in rows.values():
         value.sort(key=repr)
+    # What the ORM reads back alike, the database may not hold alike (SQL NULL, JSON null).
+    rows["sql_nulls"] = tuple(
+        session.execute(
+            text(
+                "SELECT count(*) FILTER (WHERE billing_address IS NULL),"
+                " count(*) FILTER (WHERE custom_data IS NULL),"
+                " count(*) FILTER (WHERE credit_limit IS NULL),"
+                " count(*) FILTER (WHERE intake_key IS NULL) FROM customers"
+            )
+        ).one()
+    )
     return rows
 
 

@@ -5,6 +5,7 @@ PostgreSQL): the same file gives the same results file and the same stored rows 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -55,16 +56,37 @@ def _file(tmp_path: Path) -> Path:
     return source
 
 
-def test_import_gives_the_results_and_rows_of_enqueue_wait(catalog, engine, tmp_path) -> None:
-    """Same file, one by one then in chunks (run twice each: the rerun is idempotent):
-    identical per-line results (statuses, problems, names) and identical stored rows."""
+@contextmanager
+def _one_job_at_a_time(worker, folder: Path):  # type: ignore[no-untyped-def]
+    """Intake jobs run strictly in queue order: the session worker (two processes) stops
+    consuming the intake queue while one single-process worker does."""
+    from tests.support import WorkerProcess
+    from worker.celery_app import app
+
+    app.control.cancel_consumer("intake", destination=[worker.nodename], reply=True)
+    single = WorkerProcess(app, folder, name="inorder", queues=["intake"], concurrency=1)
+    single.start()
+    try:
+        yield
+    finally:
+        single.stop()
+        app.control.add_consumer("intake", destination=[worker.nodename], reply=True)
+
+
+def test_import_gives_the_results_and_rows_of_enqueue_wait(
+    catalog, engine, worker, tmp_path
+) -> None:
+    """Same file one by one in file order (one job at a time), then in chunks on two worker
+    processes, each run twice (the rerun is idempotent): identical per-line results
+    (statuses, problems, names), summary and stored rows."""
     source = _file(tmp_path)
     runs = {}
     for command in (["enqueue", "--wait"], ["import", "--chunk-size", "40"]):
         truncate_all(engine)
         _load_catalog()
-        first = _run(["customers", *command, str(source)], tmp_path / "first.jsonl")
-        second = _run(["customers", *command, str(source)], tmp_path / "second.jsonl")
+        with _one_job_at_a_time(worker, tmp_path) if command[0] == "enqueue" else nullcontext():
+            first = _run(["customers", *command, str(source)], tmp_path / "first.jsonl")
+            second = _run(["customers", *command, str(source)], tmp_path / "second.jsonl")
         runs[command[0]] = (first, second)
 
     for (outcome, lines, rows), (again, lines_again, rows_again) in zip(
