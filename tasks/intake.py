@@ -135,14 +135,22 @@ def _utc(instant: dt.datetime) -> dt.datetime:
     return dt.datetime.fromtimestamp(instant.timestamp(), dt.UTC)
 
 
+@functools.lru_cache(maxsize=4096)
+def _period_json(period: Period) -> tuple[tuple[str, str], ...]:
+    return tuple(
+        {
+            "start": iso_utc(period.start),
+            "end": iso_utc(period.end),
+            "first_day": period.start.date().isoformat(),
+            "last_day": (period.end.date() - dt.timedelta(days=1)).isoformat(),
+        }.items()
+    )
+
+
 def period_summary(period: Period) -> dict[str, str]:
-    """A period as JSON: UTC instants and the local dates it covers."""
-    return {
-        "start": iso_utc(period.start),
-        "end": iso_utc(period.end),
-        "first_day": period.start.date().isoformat(),
-        "last_day": (period.end.date() - dt.timedelta(days=1)).isoformat(),
-    }
+    """A period as JSON: UTC instants and the local dates it covers (computed once per
+    period: a chunk's customers mostly share a few)."""
+    return dict(_period_json(period))
 
 
 def _rejected(problems: list[Problem] | tuple[Problem, ...]) -> dict[str, Any]:
