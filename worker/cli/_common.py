@@ -324,6 +324,32 @@ class Report:
         return Counter(kind(o) for o in self.outcomes.values())
 
 
+def send_or_note(app: Any, task_name: str, body: Any, report: Report, line: int) -> Any:
+    """Send one `task_name` job with `body` (its line, or first line, is `line`); its
+    AsyncResult, or None with a note when the broker is lost."""
+    try:
+        return app.send_task(task_name, args=[body])
+    except Exception as error:
+        reason = connection_lost(error)
+        if reason is None:
+            raise
+        report.notes.append(
+            f"the broker was lost at line {line} ({reason}): that line and "
+            "the ones after it were not sent"
+        )
+        return None
+
+
+def record_malformed(report: Report, line: Line, bar: Any) -> None:
+    """A line that cannot be sent: its outcome, and `line N: why` above the progress bar."""
+    assert line.problem is not None
+    report.malformed += 1
+    bar.write(f"line {line.number}: {line.problem.message}", file=sys.stderr)
+    report.outcomes[line.number] = Outcome(
+        line.number, "malformed", {"errors": [line.problem.as_json()]}
+    )
+
+
 def _consumers(app: Any, queue: str) -> int:
     """How many workers answered that they consume `queue` (0: none, or none answered)."""
     try:
@@ -367,27 +393,16 @@ def send_and_collect(
         for line in lines:
             bar.update(line.number - bar.n)
             if line.payload is None:
-                assert line.problem is not None
-                report.malformed += 1
-                bar.write(f"line {line.number}: {line.problem.message}", file=sys.stderr)
-                report.outcomes[line.number] = Outcome(
-                    line.number, "malformed", {"errors": [line.problem.as_json()]}
-                )
+                record_malformed(report, line, bar)
                 continue
             if report.notes:  # the broker is gone: what remains is not sent
                 report.outcomes[line.number] = Outcome(line.number, "not_sent")
                 continue
-            try:
-                pending.append((line.number, app.send_task(task_name, args=[line.payload])))
-            except Exception as error:
-                reason = connection_lost(error)
-                if reason is None:
-                    raise
-                report.notes.append(
-                    f"the broker was lost at line {line.number} ({reason}): that line and "
-                    "the ones after it were not sent"
-                )
+            result = send_or_note(app, task_name, line.payload, report, line.number)
+            if result is None:
                 report.outcomes[line.number] = Outcome(line.number, "not_sent")
+            else:
+                pending.append((line.number, result))
     report.sent = len(pending)
     if wait and pending and not report.notes:
         _collect(app, pending, report, queue=queue, timeout=timeout, progress=progress)

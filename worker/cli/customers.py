@@ -46,13 +46,14 @@ from worker.cli._common import (
     open_output,
     prepare_producer,
     read_lines,
+    record_malformed,
     send_and_collect,
+    send_or_note,
 )
 from worker.cli._common import _collect as collect_results
 from worker.cli._reseller import customer_or_fail, reseller_option, reseller_or_fail
 from worker.config import settings
 from worker.db import unit_of_work
-from worker.reachability import connection_lost
 
 TASK_NAME = "billing.customers.create"
 IMPORT_TASK = "billing.customers.import"
@@ -62,21 +63,53 @@ def _describe_errors(errors: list[dict[str, Any]]) -> str:
     return "; ".join(describe(e) for e in errors)
 
 
+def _input_file(command: Any) -> Any:
+    """FILE and --format, as every command reading customer lines takes them."""
+    command = click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["auto", "jsonl", "csv"]),
+        default="auto",
+        show_default=True,
+        help="Input format; auto means CSV for *.csv, JSON Lines otherwise.",
+    )(command)
+    return click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))(command)
+
+
+_progress = click.option(
+    "--progress/--no-progress", default=None, help="Progress bars (default: on a tty)."
+)
+
+
+def _results_option(verb: str) -> Any:
+    return click.option(
+        "--results",
+        "results_path",
+        type=click.Path(dir_okay=False, writable=True, path_type=Path),
+        help=f"{verb} one JSON line per input line (its outcome) to this file.",
+    )
+
+
+def _prepare(
+    file: str, fmt: str, results_path: Path | None, progress: bool | None
+) -> tuple[IO[str] | None, bool, str, bool]:
+    """Before anything is sent: the input exists, the results file is open, the data folder
+    is there; (results, progress bars shown, format, whether it was guessed)."""
+    if file != "-" and not Path(file).is_file():
+        raise click.BadParameter(f"{file} is not a file", param_hint="FILE")
+    results = open_output(results_path)
+    settings().ensure_data_dir()
+    show_progress = sys.stderr.isatty() if progress is None else progress
+    return (results, show_progress, *format_of(file, fmt))
+
+
 @click.group("customers")
 def customers() -> None:
     """Customer intake and the stored customers."""
 
 
 @customers.command("enqueue")
-@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["auto", "jsonl", "csv"]),
-    default="auto",
-    show_default=True,
-    help="Input format; auto means CSV for *.csv, JSON Lines otherwise.",
-)
+@_input_file
 @click.option("--wait", is_flag=True, help="Wait for every result and print a summary.")
 @click.option(
     "--timeout",
@@ -85,13 +118,8 @@ def customers() -> None:
     show_default=True,
     help="With --wait: seconds to wait for all results.",
 )
-@click.option(
-    "--results",
-    "results_path",
-    type=click.Path(dir_okay=False, writable=True, path_type=Path),
-    help="With --wait: write one JSON line per input line (its outcome) to this file.",
-)
-@click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a tty).")
+@_results_option("With --wait: write")
+@_progress
 def enqueue_command(
     file: str,
     fmt: str,
@@ -105,12 +133,7 @@ def enqueue_command(
 
     if results_path is not None and not wait:
         raise click.UsageError("--results needs --wait")
-    if file != "-" and not Path(file).is_file():
-        raise click.BadParameter(f"{file} is not a file", param_hint="FILE")
-    results = open_output(results_path)
-    settings().ensure_data_dir()
-    show_progress = sys.stderr.isatty() if progress is None else progress
-    fmt, guessed = format_of(file, fmt)
+    results, show_progress, fmt, guessed = _prepare(file, fmt, results_path, progress)
     with open_input(file) as stream:
         report = send_and_collect(
             app,
@@ -167,15 +190,7 @@ def _summarise(report: Report, results: IO[str] | None) -> None:
 
 
 @customers.command("import")
-@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["auto", "jsonl", "csv"]),
-    default="auto",
-    show_default=True,
-    help="Input format; auto means CSV for *.csv, JSON Lines otherwise.",
-)
+@_input_file
 @click.option(
     "--chunk-size",
     type=click.IntRange(1, MAX_IMPORT_CHUNK),
@@ -190,13 +205,8 @@ def _summarise(report: Report, results: IO[str] | None) -> None:
     show_default=True,
     help="Seconds to wait for all results.",
 )
-@click.option(
-    "--results",
-    "results_path",
-    type=click.Path(dir_okay=False, writable=True, path_type=Path),
-    help="Write one JSON line per input line (its outcome) to this file.",
-)
-@click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a tty).")
+@_results_option("Write")
+@_progress
 def import_command(
     file: str,
     fmt: str,
@@ -213,12 +223,7 @@ def import_command(
     """
     from worker.celery_app import app
 
-    if file != "-" and not Path(file).is_file():
-        raise click.BadParameter(f"{file} is not a file", param_hint="FILE")
-    results = open_output(results_path)
-    settings().ensure_data_dir()
-    show_progress = sys.stderr.isatty() if progress is None else progress
-    fmt, guessed = format_of(file, fmt)
+    results, show_progress, fmt, guessed = _prepare(file, fmt, results_path, progress)
     prepare_producer(app, wait=True)
     deadline = time.monotonic() + timeout
     report = Report()
@@ -265,19 +270,12 @@ def _send_wave(
     def send(chunk: list[Line]) -> None:
         numbers = [line.number for line in chunk]
         if not report.notes:
-            try:
-                body = [[line.number, line.payload] for line in chunk]
-                sent.append((numbers, app.send_task(IMPORT_TASK, args=[body])))
+            body = [[line.number, line.payload] for line in chunk]
+            result = send_or_note(app, IMPORT_TASK, body, report, numbers[0])
+            if result is not None:
+                sent.append((numbers, result))
                 report.sent += len(chunk)
                 return
-            except Exception as error:
-                reason = connection_lost(error)
-                if reason is None:
-                    raise
-                report.notes.append(
-                    f"the broker was lost at line {numbers[0]} ({reason}): the lines from "
-                    "there on were not sent"
-                )
         for number in numbers:
             report.outcomes[number] = Outcome(number, "not_sent")
 
@@ -285,12 +283,7 @@ def _send_wave(
         for line in lines:
             bar.update(1)
             if line.payload is None:
-                assert line.problem is not None
-                report.malformed += 1
-                bar.write(f"line {line.number}: {line.problem.message}", file=sys.stderr)
-                report.outcomes[line.number] = Outcome(
-                    line.number, "malformed", {"errors": [line.problem.as_json()]}
-                )
+                record_malformed(report, line, bar)
                 continue
             claims = claimed_identities(line.payload)
             index = len(sent)
