@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final
 
-from sqlalchemy import and_, case, delete, exists, literal, or_, select, update
+from sqlalchemy import ARRAY, and_, any_, case, delete, exists, literal, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from models import (
@@ -155,6 +156,15 @@ def record_charge_batch(
     }
 
 
+def _among(session: Session, column: Any, values: Iterable[Any]) -> Any:
+    """`column IN values`; on PostgreSQL `= ANY(array)`: one parameter, however many values
+    (an IN list of a thousand placeholders costs more to send and parse than the lookup)."""
+    values = list(values)
+    if session.get_bind().dialect.name == "postgresql":
+        return column == any_(literal(values, ARRAY(column.type)))
+    return column.in_(values)
+
+
 def _reference(line: _Line) -> tuple[int, str, str | int]:
     data = line.data
     if data.customer_id is not None:
@@ -184,7 +194,10 @@ def _lock_customers(
                 *(
                     and_(
                         Customer.reseller_id == reseller_id,
-                        or_(Customer.name_key.in_(names), Customer.id.in_(ids)),
+                        or_(
+                            _among(session, Customer.name_key, names),
+                            _among(session, Customer.id, ids),
+                        ),
                     )
                     for reseller_id, (names, ids) in wanted.items()
                 )
@@ -227,7 +240,10 @@ def _recorded(
         .where(
             or_(
                 *(
-                    and_(Charge.reseller_id == reseller_id, Charge.idempotency_key.in_(batch))
+                    and_(
+                        Charge.reseller_id == reseller_id,
+                        _among(session, Charge.idempotency_key, batch),
+                    )
                     for reseller_id, batch in keys.items()
                 )
             )
@@ -254,7 +270,7 @@ def _other_reasons(session: Session, customers: list[Customer]) -> set[int]:
         return set()
     rows = session.execute(
         select(CustomerBlock.customer_id, CustomerBlock.reason).where(
-            CustomerBlock.customer_id.in_([c.id for c in customers])
+            _among(session, CustomerBlock.customer_id, [c.id for c in customers])
         )
     ).all()
     control = {c.id: c.balance_control for c in customers}
@@ -388,37 +404,26 @@ def _write(
 ) -> bool:
     """Insert the accepted charges, their ledger rows, blocks and balances; False (and
     nothing to keep) if a key was taken meanwhile."""
-    inserted = session.execute(
-        dialect_insert(session)(Charge)
-        .on_conflict_do_nothing(index_elements=["reseller_id", "idempotency_key"])
-        .returning(Charge.id, Charge.reseller_id, Charge.idempotency_key),
-        [charge.values for charge in accepted.values()],
-    ).all()
-    if len(inserted) != len(accepted):
-        return False
-    for row_id, reseller_id, key in inserted:
-        for result in accepted[(reseller_id, key)].results:
-            result["charge_id"] = row_id
-    session.execute(
-        dialect_insert(session)(LedgerEntry),
-        [
-            {
-                "customer_id": charge.values["customer_id"],
-                "entry_type": LedgerEntryType.CHARGE,
-                "amount": charge.delta,
-                "balance_after": charge.balance_after,
-                "charge_id": charge.results[0]["charge_id"],
-                "created_at": now,
-            }
-            for charge in accepted.values()
-        ],
+    postgresql = session.get_bind().dialect.name == "postgresql"
+    charges = list(accepted.values())
+    inserted = (
+        _insert_postgresql(session, charges, now=now)
+        if postgresql
+        else _insert_portable(session, charges, now=now)
     )
+    if inserted is None:
+        return False
     changed = [state for state in states.values() if state.blocked_after is not None]
     _write_blocks(session, changed, now=now)
-    ids = [state.customer.id for state in changed]
+    if postgresql:
+        session.execute(
+            _SET_BALANCES,
+            {"ids": [s.customer.id for s in changed], "balances": [s.balance for s in changed]},
+        )
+        return True
     session.execute(
         update(Customer)
-        .where(Customer.id.in_(ids))
+        .where(Customer.id.in_([state.customer.id for state in changed]))
         .values(
             balance=case(
                 {
@@ -432,6 +437,120 @@ def _write(
         .execution_options(synchronize_session=False)
     )
     return True
+
+
+def _set_ids(charges: list[_Accepted], inserted: list[Any]) -> None:
+    by_key = {(c.values["reseller_id"], c.values["idempotency_key"]): c for c in charges}
+    for row_id, reseller_id, key in inserted:
+        for result in by_key[(reseller_id, key)].results:
+            result["charge_id"] = row_id
+
+
+def _insert_portable(
+    session: Session, charges: list[_Accepted], *, now: dt.datetime
+) -> list[Any] | None:
+    """The charges and their ledger rows, one multi-row INSERT each (SQLite)."""
+    inserted = list(
+        session.execute(
+            dialect_insert(session)(Charge)
+            .on_conflict_do_nothing(index_elements=["reseller_id", "idempotency_key"])
+            .returning(Charge.id, Charge.reseller_id, Charge.idempotency_key),
+            [charge.values for charge in charges],
+        ).all()
+    )
+    if len(inserted) != len(charges):
+        return None
+    _set_ids(charges, inserted)
+    session.execute(
+        dialect_insert(session)(LedgerEntry),
+        [
+            {
+                "customer_id": charge.values["customer_id"],
+                "entry_type": LedgerEntryType.CHARGE,
+                "amount": charge.delta,
+                "balance_after": charge.balance_after,
+                "charge_id": charge.results[0]["charge_id"],
+                "created_at": now,
+            }
+            for charge in charges
+        ],
+    )
+    return inserted
+
+
+# PostgreSQL: the batch's rows go in as one array per column (a short statement whatever the
+# batch size, parsed once), charges and ledger rows in one statement, ids in judging order.
+_INSERT_CHARGES = text("""
+WITH batch AS (
+    SELECT * FROM unnest(
+        CAST(:reseller_ids AS bigint[]), CAST(:customer_ids AS bigint[]),
+        CAST(:amounts AS numeric[]), CAST(:currencies AS text[]),
+        CAST(:occurred AS timestamptz[]), CAST(:descriptions AS text[]),
+        CAST(:keys AS text[]), CAST(:deltas AS numeric[]), CAST(:balances AS numeric[])
+    ) WITH ORDINALITY AS b (reseller_id, customer_id, amount, currency, occurred_at,
+                            description, idempotency_key, delta, balance_after, position)
+), charged AS (
+    INSERT INTO charges (reseller_id, customer_id, amount, currency, occurred_at,
+                         description, idempotency_key, recorded_at)
+    SELECT reseller_id, customer_id, amount, currency, occurred_at, description,
+           idempotency_key, :now
+    FROM batch ORDER BY position
+    ON CONFLICT (reseller_id, idempotency_key) DO NOTHING
+    RETURNING id, reseller_id, idempotency_key
+), entered AS (
+    INSERT INTO ledger_entries (customer_id, entry_type, amount, balance_after, charge_id,
+                                created_at)
+    SELECT batch.customer_id, 'charge', batch.delta, batch.balance_after, charged.id, :now
+    FROM charged JOIN batch USING (reseller_id, idempotency_key)
+    ORDER BY batch.position
+)
+SELECT id, reseller_id, idempotency_key FROM charged
+""")
+
+_SET_BALANCES = text("""
+UPDATE customers SET balance = b.balance,
+       blocked = EXISTS (SELECT 1 FROM customer_blocks WHERE customer_id = customers.id)
+FROM unnest(CAST(:ids AS bigint[]), CAST(:balances AS numeric[])) AS b (id, balance)
+WHERE customers.id = b.id
+""")
+
+
+def _insert_postgresql(
+    session: Session, charges: list[_Accepted], *, now: dt.datetime
+) -> list[Any] | None:
+    """The charges and their ledger rows in one statement; None if a key was taken."""
+    columns = [
+        "reseller_id",
+        "customer_id",
+        "amount",
+        "currency",
+        "occurred_at",
+        "description",
+        "idempotency_key",
+    ]
+    names = [
+        "reseller_ids",
+        "customer_ids",
+        "amounts",
+        "currencies",
+        "occurred",
+        "descriptions",
+        "keys",
+    ]
+    params: dict[str, Any] = {
+        name: [c.values[column] for c in charges]
+        for name, column in zip(names, columns, strict=True)
+    }
+    params |= {
+        "deltas": [c.delta for c in charges],
+        "balances": [c.balance_after for c in charges],
+        "now": now,
+    }
+    inserted = list(session.execute(_INSERT_CHARGES, params).all())
+    if len(inserted) != len(charges):
+        return None
+    _set_ids(charges, inserted)
+    return inserted
 
 
 def _write_blocks(session: Session, changed: list[_State], *, now: dt.datetime) -> None:

@@ -9,11 +9,14 @@ from decimal import Decimal
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 
 from models import Charge, Customer, LedgerEntry
 from tests.invoicing_factories import billing_customer, charge_payload
 from tests.support import WorkerProcess, truncate_all
+from tests.unit.test_charges_batch import charge_lines, check_batch_equals_single
 from worker.db import unit_of_work
 
 pytestmark = pytest.mark.functional
@@ -168,3 +171,15 @@ def test_single_charges_during_a_batch_load_stay_exact(worker, clean_db, tmp_pat
         assert balance_mismatches(session) == []
         balances = [session.get(Customer, c.id).balance for c in customers]
     assert balances == [Decimal("125.00") + Decimal("10.00")] * 3
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(lines=charge_lines(), rerun=st.booleans())
+def test_the_postgresql_batch_gives_what_single_charges_give(db_session, lines, rerun) -> None:
+    """Random charges on PostgreSQL (its own array statements): the batch equals single
+    charges line by line in order, also when re-sent."""
+    check_batch_equals_single(db_session, lines, rerun)
