@@ -389,17 +389,35 @@ def send_and_collect(
                 )
                 report.outcomes[line.number] = Outcome(line.number, "not_sent")
     report.sent = len(pending)
-    if wait and pending and not report.notes:
-        _collect(app, pending, report, queue=queue, timeout=timeout, progress=progress)
+    _finish(
+        app, pending, report, report, queue=queue, wait=wait, timeout=timeout, progress=progress
+    )
+    return report
+
+
+def _finish(
+    app: Any,
+    pending: list[tuple[int, Any]],
+    sending: Report,
+    collecting: Report,
+    *,
+    queue: str,
+    wait: bool,
+    timeout: float,
+    progress: bool,
+) -> None:
+    """With `wait`, collect the `pending` results into `collecting` (all `unknown` if the
+    broker was lost while `sending`)."""
+    if wait and pending and not sending.notes:
+        _collect(app, pending, collecting, queue=queue, timeout=timeout, progress=progress)
     elif wait:
         for number, result in pending:
-            report.outcomes[number] = Outcome(number, "unknown", {"task_id": result.id})
-    if report.notes:
+            collecting.outcomes[number] = Outcome(number, "unknown", {"task_id": result.id})
+    if sending.notes:
         # The backend is gone: a result must not try to unsubscribe from it when it is
         # garbage-collected (Celery would print a traceback for each one).
         for _number, result in pending:
             result.backend = None
-    return report
 
 
 def _collect(
@@ -560,14 +578,7 @@ def send_and_collect_batches(
             batches.append(batch)
             report.sent += len(batch)
     by_batch = Report()
-    if wait and pending and not report.notes:
-        _collect(app, pending, by_batch, queue=queue, timeout=timeout, progress=False)
-    elif wait:
-        for index, result in pending:
-            by_batch.outcomes[index] = Outcome(index, "unknown", {"task_id": result.id})
-    if report.notes:
-        for _index, result in pending:
-            result.backend = None
+    _finish(app, pending, report, by_batch, queue=queue, wait=wait, timeout=timeout, progress=False)
     report.notes.extend(by_batch.notes)
     for index, outcome in by_batch.outcomes.items():
         answers = outcome.result.get("results")
