@@ -118,6 +118,11 @@ def record_charge_batch(
     items = _items(batch)
     if isinstance(items, Problem):
         return refused(items)
+    if session.get_bind().dialect.name == "postgresql":
+        # Plan each lookup for this batch's values and the tables' size now: a generic plan
+        # the driver's prepared statements cached while the tables were small scans them
+        # whole once they have grown (seconds a batch at 100,000 charges).
+        session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
     results: list[Result | None] = [None] * len(items)
     lines: list[_Line] = []
     resellers: dict[str | None, ResellerRef | Problem] = {}
