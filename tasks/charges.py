@@ -31,6 +31,7 @@ message}]}`. The payload's own codes are those of `models/movements.py` (shared 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, cast
 
@@ -71,7 +72,7 @@ def _lock_customer(session: Session, reseller_id: int, data: Movement) -> Custom
     return customer_by_name(session, reseller_id, data.customer, for_update=True)
 
 
-def _customer_errors(customer: Customer | None, data: Movement) -> list[Problem]:
+def customer_errors(customer: Customer | None, data: Movement) -> list[Problem]:
     if customer is None:
         if data.customer is not None:
             who = repr(data.customer)
@@ -99,20 +100,32 @@ def _insert(session: Session, model: type[Charge] | type[Payment], values: dict[
     return session.execute(statement).scalar_one_or_none()
 
 
-def _closed_refusal(customer: Customer) -> Problem:
-    closed = iso_utc(customer.closed_at) if customer.closed_at is not None else "earlier"
-    return Problem(
-        "customer",
-        "customer_closed",
-        f"{customer.name!r} was closed at {closed} and its final invoice made; "
-        "no charge can be recorded for it any more",
-    )
+def status_refusal(customer: Customer) -> Problem | None:
+    """Why no charge can be recorded for `customer` any more (closed, or not active), if so."""
+    if customer.status == CustomerStatus.CLOSED:
+        closed = iso_utc(customer.closed_at) if customer.closed_at is not None else "earlier"
+        return Problem(
+            "customer",
+            "customer_closed",
+            f"{customer.name!r} was closed at {closed} and its final invoice made; "
+            "no charge can be recorded for it any more",
+        )
+    if customer.status != CustomerStatus.ACTIVE:
+        return Problem("customer", "customer_inactive", f"{customer.name!r} is {customer.status}")
+    return None
 
 
-def _outcome(
-    kind: str, row_id: int, customer: Customer, amount: Decimal, entry: LedgerEntry | None
+def recorded_outcome(
+    kind: str,
+    row_id: int,
+    customer: Customer,
+    amount: Decimal,
+    *,
+    balance_after: Decimal,
+    blocked: bool,
+    replayed: bool,
 ) -> Result:
-    balance_after = entry.balance_after if entry is not None else customer.balance
+    """The result of a recorded (or replayed) movement; the single and batch services'."""
     return {
         "status": "recorded",
         f"{kind}_id": row_id,
@@ -121,8 +134,8 @@ def _outcome(
         "amount": str(amount),
         "currency": customer.currency,
         "balance": str(round_money(balance_after, customer.currency)),
-        "blocked": is_blocked(customer.balance_control, balance_after, customer.credit_limit),
-        "replayed": entry is not None,
+        "blocked": blocked,
+        "replayed": replayed,
     }
 
 
@@ -136,28 +149,80 @@ def _replay(
 ) -> Result:
     """The original outcome of an already recorded key, or a conflict if the payload differs."""
     existing_at = existing.occurred_at if isinstance(existing, Charge) else existing.received_at
+    other_name: str | int = existing.customer_id
+    balance_after: Decimal | None = None
     if existing.customer_id != customer.id:
         other = session.get(Customer, existing.customer_id)  # the same reseller's customer
+        other_name = other.name if other is not None else existing.customer_id
+    else:
+        column = LedgerEntry.charge_id if kind == "charge" else LedgerEntry.payment_id
+        balance_after = session.scalars(
+            select(LedgerEntry.balance_after).where(column == existing.id)
+        ).one()
+    recorded = Recorded(
+        existing.id,
+        existing.customer_id,
+        existing.amount,
+        existing_at,
+        existing.idempotency_key,
+        balance_after,
+    )
+    return replay_outcome(kind, recorded, customer, amount, at, other_name=other_name)
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What a replay is judged on: the row already recorded under a key, and the balance
+    its ledger entry left (None when only a conflict can follow)."""
+
+    row_id: int
+    customer_id: int
+    amount: Decimal
+    at: dt.datetime
+    idempotency_key: str
+    balance_after: Decimal | None
+
+
+def replay_outcome(
+    kind: str,
+    existing: Recorded,
+    customer: Customer,
+    amount: Decimal,
+    at: dt.datetime,
+    *,
+    other_name: str | int,
+) -> Result:
+    """The original outcome of `existing` replayed by a payload for `customer`, or the
+    `idempotency_conflict` refusal when the payload differs (`other_name`: the customer the
+    key was used for, when not this one). Shared by the single and the batch services."""
+    if existing.customer_id != customer.id:
         return refused(
             Problem(
                 "idempotency_key",
                 "idempotency_conflict",
                 f"key {existing.idempotency_key!r} was already used for a {kind} of customer "
-                f"{other.name if other is not None else existing.customer_id!r}",
+                f"{other_name if isinstance(other_name, str) else repr(other_name)}",
             )
         )
-    if existing.amount != amount or existing_at != at:
+    if existing.amount != amount or existing.at != at:
         return refused(
             Problem(
                 "idempotency_key",
                 "idempotency_conflict",
                 f"key {existing.idempotency_key!r} was already used for a {kind} of "
-                f"{money_text(existing.amount, customer.currency)} at {iso_utc(existing_at)}",
+                f"{money_text(existing.amount, customer.currency)} at {iso_utc(existing.at)}",
             )
         )
-    column = LedgerEntry.charge_id if kind == "charge" else LedgerEntry.payment_id
-    entry = session.scalars(select(LedgerEntry).where(column == existing.id)).one()
-    return _outcome(kind, existing.id, customer, amount, entry)
+    assert existing.balance_after is not None
+    return recorded_outcome(
+        kind,
+        existing.row_id,
+        customer,
+        amount,
+        balance_after=existing.balance_after,
+        blocked=is_blocked(customer.balance_control, existing.balance_after, customer.credit_limit),
+        replayed=True,
+    )
 
 
 def record_charge(
@@ -224,19 +289,16 @@ def _record(
     if isinstance(reseller, Problem):
         return refused(reseller)
     customer = _lock_customer(session, reseller.id, data)
-    errors = _customer_errors(customer, data)
+    errors = customer_errors(customer, data)
     if errors:
         return refused(*errors)
     assert customer is not None
     existing = _existing(session, model, reseller.id, data.idempotency_key)
     if existing is not None:
         return _replay(session, kind, existing, customer, amount, at)
-    if is_charge and customer.status == CustomerStatus.CLOSED:
-        return refused(_closed_refusal(customer))
-    if is_charge and customer.status != CustomerStatus.ACTIVE:
-        return refused(
-            Problem("customer", "customer_inactive", f"{customer.name!r} is {customer.status}")
-        )
+    inactive = status_refusal(customer) if is_charge else None
+    if inactive is not None:
+        return refused(inactive)
     postpaid = customer.balance_control == BalanceControl.POSTPAID
     decision = (
         apply_charge(
@@ -281,10 +343,15 @@ def _record(
         apply_credit(session, customer, now=now)
     # `blocked` is the customer's state after the change: a payment that clears the credit
     # limit leaves a customer suspended for another reason (overdue, operator) blocked.
-    return _outcome(kind, row_id, customer, amount, None) | {
-        "balance": str(round_money(decision.balance_after, customer.currency)),
-        "blocked": customer.blocked,
-    }
+    return recorded_outcome(
+        kind,
+        row_id,
+        customer,
+        amount,
+        balance_after=decision.balance_after,
+        blocked=customer.blocked,
+        replayed=False,
+    )
 
 
 def balance_mismatches(session: Session) -> list[dict[str, Any]]:

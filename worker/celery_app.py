@@ -35,6 +35,7 @@ TASK_MODULES = [
     "tasks.invoicing",
     "tasks.notifications",
     "tasks.charges",
+    "tasks.charges_batch",
     "tasks.customer_close",
     "tasks.customer_update",
     "tasks.customer_suspension",

@@ -404,17 +404,35 @@ def send_and_collect(
             else:
                 pending.append((line.number, result))
     report.sent = len(pending)
-    if wait and pending and not report.notes:
-        _collect(app, pending, report, queue=queue, timeout=timeout, progress=progress)
+    _finish(
+        app, pending, report, report, queue=queue, wait=wait, timeout=timeout, progress=progress
+    )
+    return report
+
+
+def _finish(
+    app: Any,
+    pending: list[tuple[int, Any]],
+    sending: Report,
+    collecting: Report,
+    *,
+    queue: str,
+    wait: bool,
+    timeout: float,
+    progress: bool,
+) -> None:
+    """With `wait`, collect the `pending` results into `collecting` (all `unknown` if the
+    broker was lost while `sending`)."""
+    if wait and pending and not sending.notes:
+        _collect(app, pending, collecting, queue=queue, timeout=timeout, progress=progress)
     elif wait:
         for number, result in pending:
-            report.outcomes[number] = Outcome(number, "unknown", {"task_id": result.id})
-    if report.notes:
+            collecting.outcomes[number] = Outcome(number, "unknown", {"task_id": result.id})
+    if sending.notes:
         # The backend is gone: a result must not try to unsubscribe from it when it is
         # garbage-collected (Celery would print a traceback for each one).
         for _number, result in pending:
             result.backend = None
-    return report
 
 
 def _collect(
@@ -510,3 +528,83 @@ def lines_to_resend(report: Report, statuses: Iterable[str]) -> str:
         else:
             ranges.append(str(number))
     return ", ".join(ranges)
+
+
+# --------------------------------------------------------------------------------------------
+# Sending batches
+
+
+Batch = list[tuple[int, dict[str, Any]]]  # (line number, payload) of well-formed lines
+
+
+def send_and_collect_batches(
+    app: Any,
+    task_name: str,
+    runs: Iterable[list[Batch]],
+    *,
+    queue: str,
+    wait: bool,
+    timeout: float,
+) -> Report:
+    """Send one `task_name` job per batch (`[{"line": N, "payload": …}]`) and, with `wait`,
+    collect every line's outcome as `send_and_collect` does for one job per line.
+
+    Each run is a list of batches that must apply one after the other: a run of more than
+    one batch is sent as a Celery chain, so its batches never run concurrently. The task
+    answers `{"results": [{"line": N, "status": …, …}]}`; a batch without an answer (timeout,
+    failure, lost service) gives each of its lines that outcome. `report.sent` counts lines.
+    """
+    from celery import chain, uuid
+
+    prepare_producer(app, wait=wait)
+    report = Report()
+    pending: list[tuple[int, Any]] = []
+    batches: list[Batch] = []
+    for run in runs:
+        if report.notes:  # the broker is gone: what remains is not sent
+            for batch in run:
+                for number, _payload in batch:
+                    report.outcomes[number] = Outcome(number, "not_sent")
+            continue
+        ids = [uuid() for _ in run]
+        signatures = [
+            app.signature(
+                task_name, args=[[{"line": n, "payload": p} for n, p in batch]], immutable=True
+            ).set(task_id=task_id)
+            for batch, task_id in zip(run, ids, strict=True)
+        ]
+        try:
+            (chain(*signatures) if len(signatures) > 1 else signatures[0]).apply_async()
+        except Exception as error:
+            reason = connection_lost(error)
+            if reason is None:
+                raise
+            first = run[0][0][0]
+            report.notes.append(
+                f"the broker was lost at line {first} ({reason}): the lines of that batch and "
+                "the ones after it were not sent"
+            )
+            for batch in run:
+                for number, _payload in batch:
+                    report.outcomes[number] = Outcome(number, "not_sent")
+            continue
+        for batch, task_id in zip(run, ids, strict=True):
+            pending.append((len(batches), app.AsyncResult(task_id)))
+            batches.append(batch)
+            report.sent += len(batch)
+    by_batch = Report()
+    _finish(app, pending, report, by_batch, queue=queue, wait=wait, timeout=timeout, progress=False)
+    report.notes.extend(by_batch.notes)
+    for index, outcome in by_batch.outcomes.items():
+        answers = outcome.result.get("results")
+        if isinstance(answers, list):
+            for answer in answers:
+                number = int(answer["line"])
+                status = str(answer.get("status"))
+                report.outcomes[number] = Outcome(
+                    number, status, {**answer, "task_id": outcome.result["task_id"]}
+                )
+            continue
+        for number, _payload in batches[index]:
+            report.outcomes[number] = Outcome(number, outcome.status, dict(outcome.result))
+    return report

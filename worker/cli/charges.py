@@ -10,13 +10,16 @@ import click
 from worker.cli._common import (
     SECONDS,
     Outcome,
+    Report,
     describe,
     exit_status,
     lines_to_resend,
     open_input,
     read_lines,
     send_and_collect,
+    send_and_collect_batches,
 )
+from worker.cli.charge_order import BATCH_SIZE, CustomerOrder
 from worker.config import settings
 from worker.db import unit_of_work
 
@@ -37,6 +40,40 @@ def _load(task_name: str, file: str, wait: bool, timeout: float, as_json: bool) 
             progress=False,
             total=None,
         )
+    _summarise(report, wait, as_json)
+
+
+def _load_batches(file: str, batch_size: int, wait: bool, timeout: float, as_json: bool) -> None:
+    """Send the file's charges in batches, in order per customer (`worker.cli.charge_order`)."""
+    from worker.celery_app import app
+
+    settings().ensure_data_dir()
+    with open_input(file) as stream, CustomerOrder() as order:
+        malformed = []
+        for line in read_lines(stream, "jsonl"):
+            if line.payload is None:
+                malformed.append(line)
+            else:
+                order.add(line.number, line.payload)
+        report = send_and_collect_batches(
+            app,
+            "billing.charges.record_batch",
+            order.runs(batch_size),
+            queue="charges",
+            wait=wait,
+            timeout=timeout,
+        )
+    for line in malformed:
+        assert line.problem is not None
+        click.echo(f"line {line.number}: {line.problem.message}", err=True)
+        report.malformed += 1
+        report.outcomes[line.number] = Outcome(
+            line.number, "malformed", {"errors": [line.problem.as_json()]}
+        )
+    _summarise(report, wait, as_json)
+
+
+def _summarise(report: Report, wait: bool, as_json: bool) -> None:
     summary: dict[str, Any] = {"sent": report.sent, "unreadable": report.malformed}
     if wait:
         counts = report.counts(_kind)
@@ -97,16 +134,27 @@ def charges() -> None:
 @_wait
 @_timeout
 @_json
-def load_charges(file: str, wait: bool, timeout: float, as_json: bool) -> None:
-    """Queue every charge of FILE (JSON Lines; - reads stdin) on the `charges` queue.
+@click.option(
+    "--batch-size",
+    default=BATCH_SIZE,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="Charges per message (a customer's lines stay together when they fit).",
+)
+def load_charges(file: str, wait: bool, timeout: float, as_json: bool, batch_size: int) -> None:
+    """Queue every charge of FILE (JSON Lines; - reads stdin) on the `charges` queue, in
+    batches of about --batch-size charges (`billing.charges.record_batch`).
 
     Each line: {"reseller": NAME (optional while one reseller exists), "customer": NAME
     (or "customer_id": ID), "amount": "12.50",
     "currency": "USD", "occurred_at": ISO-8601 instant, "description": TEXT,
-    "idempotency_key": KEY}. Loading the same file again records nothing twice. Exits 1 if
-    any line was unreadable or (with --wait) refused.
+    "idempotency_key": KEY}. A customer's charges apply in `occurred_at` order, then file
+    order, whatever the number of workers: the file is sorted by customer first (on disk,
+    bounded memory), and a customer's lines never go into batches that could run at the
+    same time. Loading the same file again records nothing twice. Exits 1 if any line was
+    unreadable or (with --wait) refused.
     """
-    _load("billing.charges.record", file, wait, timeout, as_json)
+    _load_batches(file, batch_size, wait, timeout, as_json)
 
 
 @click.group("payments")
