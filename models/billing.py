@@ -70,6 +70,7 @@ LIVE_INVOICE = text(f"status <> '{InvoiceStatus.VOID.value}'")
 # Issued with something left due: what collections and payments look at.
 OPEN_INVOICE = text(f"status = '{InvoiceStatus.ISSUED.value}' AND settled_at IS NULL")
 _LIVE_LINE = text("NOT void")
+_UNINVOICED_CHARGE = text("invoice_id IS NULL")
 _UNAPPLIED = text("unapplied > 0")
 
 
@@ -86,6 +87,14 @@ class Charge(Base):
         UniqueConstraint("reseller_id", "idempotency_key"),
         CheckConstraint("amount > 0", name="amount_positive"),
         Index("ix_charges_customer_occurred", "customer_id", "occurred_at"),
+        # The charges still waiting for an invoice (late charges: tasks.invoicing).
+        Index(
+            "ix_charges_uninvoiced",
+            "customer_id",
+            "occurred_at",
+            postgresql_where=_UNINVOICED_CHARGE,
+            sqlite_where=_UNINVOICED_CHARGE,
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
@@ -281,8 +290,10 @@ class Notification(Base):
     invoice_id: Mapped[int] = mapped_column(ForeignKey("invoices.id"))
     topic: Mapped[str] = mapped_column(String(40), default="invoice", server_default="invoice")
     recipient: Mapped[str] = mapped_column(String(320))
-    subject: Mapped[str] = mapped_column(String(300))
-    body_text: Mapped[str] = mapped_column(Text)
+    # NULL until the mailer composes an invoice's text from the stored invoice (issuing
+    # writes the outbox set-based); other topics are written with their text.
+    subject: Mapped[str | None] = mapped_column(String(300))
+    body_text: Mapped[str | None] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), default=NotificationStatus.PENDING.value)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_error: Mapped[str | None] = mapped_column(Text)

@@ -54,6 +54,14 @@ class ClosedPeriod(Base):
             postgresql_where=_UNINVOICED,
             sqlite_where=_UNINVOICED,
         ),
+        # A batch's customers' earlier periods still to invoice (tasks.invoicing).
+        Index(
+            "ix_closed_periods_customer_uninvoiced",
+            "customer_id",
+            "period_start",
+            postgresql_where=_UNINVOICED,
+            sqlite_where=_UNINVOICED,
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)

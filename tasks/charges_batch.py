@@ -65,7 +65,7 @@ from tasks.charges import (
 from tasks.queries import ResellerRef, resolve_reseller
 from worker.celery_app import app
 from worker.config import settings
-from worker.db import dialect_insert, unit_of_work
+from worker.db import dialect_insert, plan_each_batch, unit_of_work
 
 # How often a batch judges again when concurrent single charges keep taking its keys.
 MAX_ATTEMPTS: Final = 5
@@ -118,11 +118,7 @@ def record_charge_batch(
     items = _items(batch)
     if isinstance(items, Problem):
         return refused(items)
-    if session.get_bind().dialect.name == "postgresql":
-        # Plan each lookup for this batch's values and the tables' size now: a generic plan
-        # the driver's prepared statements cached while the tables were small scans them
-        # whole once they have grown (seconds a batch at 100,000 charges).
-        session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
+    plan_each_batch(session)  # a generic plan scanned charges whole at 100,000 of them
     results: list[Result | None] = [None] * len(items)
     lines: list[_Line] = []
     resellers: dict[str | None, ResellerRef | Problem] = {}

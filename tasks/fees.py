@@ -1,10 +1,12 @@
 """Fee lines of an invoice: the recurring fees of the customer's subscriptions.
 
 `bill_fees(session, period, invoice_id)` runs inside invoice generation, in the invoice's
-transaction, once per invoice created. One statement reads the customer's subscription
-terms not ended before the period, with their fee in the customer's currency; a customer
-without any costs nothing more. With in-advance terms, two more read the period that
-follows the closed one and the fees already recorded for both periods. The rules
+transaction, once per invoice created; `bill_fees_batch` does a batch of them, looking up
+at once which of the batch's customers have any subscription at all. One statement reads
+the customer's subscription terms not ended before the period, with their fee in the
+customer's currency; a customer without any costs nothing more. With in-advance terms,
+two more read the period that follows the closed one and the fees already recorded for
+both periods. The rules
 (`models.fees.fee_lines`) say which lines to bill; one `INSERT … ON CONFLICT DO NOTHING
 RETURNING` writes them into `subscription_fees`, the record unique per (term, period start,
 kind): a line a concurrent generator recorded first is its, not ours. The invoice lines
@@ -49,7 +51,7 @@ from models.fees import (
 )
 from models.fees import Subscription as Term
 from models.invoicing_rules import local_date
-from worker.db import dialect_insert
+from worker.db import dialect_insert, ids_in
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,24 @@ def bill_fees(session: Session, period: ClosedPeriodFees, invoice_id: int) -> li
     already = [(r.subscription_id, r.period_start, FeeKind(r.kind)) for r in recorded]
     lines = fee_lines(closed, following, terms, advance, already, period.currency)
     return _record(session, period, invoice_id, lines)
+
+
+def bill_fees_batch(session: Session, invoices: list[tuple[ClosedPeriodFees, int]]) -> None:
+    """`bill_fees` for a batch of (period, invoice id), in the given (period) order. One
+    query finds the batch's customers with any subscription; only their periods are billed
+    one by one, so a batch of customers without plans costs that one query."""
+    if not invoices:
+        return
+    subscribed = set(
+        session.scalars(
+            select(Subscription.customer_id)
+            .where(ids_in(session, Subscription.customer_id, {p.customer_id for p, _ in invoices}))
+            .distinct()
+        )
+    )
+    for period, invoice_id in invoices:
+        if period.customer_id in subscribed:
+            bill_fees(session, period, invoice_id)
 
 
 def _recorded(

@@ -37,15 +37,29 @@ period.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
+from functools import lru_cache
 from itertools import groupby
 from typing import Any
 
-from sqlalchemy import and_, exists, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import (
+    BigInteger,
+    String,
+    exists,
+    false,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm import Session, aliased
 
 from models import (
     Charge,
@@ -59,6 +73,7 @@ from models import (
     NotificationStatus,
     Reseller,
 )
+from models.base import UTCDateTime
 from models.billing import LIVE_INVOICE
 from models.invoice_view import Address, Party, document_locale, issue_snapshot
 from models.invoicing_rules import (
@@ -72,13 +87,12 @@ from models.invoicing_rules import (
 )
 from models.validation import Problem
 from tasks.base import BillingTask, WorkFailed, database_clock, is_transient
-from tasks.fees import ClosedPeriodFees, bill_fees
-from tasks.invoice_documents import issue_notification_text
+from tasks.fees import ClosedPeriodFees, bill_fees_batch
 from tasks.notifications import queue_mailing_after_commit
 from tasks.settlement import settle_issued
 from worker.celery_app import app
 from worker.config import settings
-from worker.db import dialect_insert, unit_of_work
+from worker.db import dialect_insert, ids_in, plan_each_batch, unit_of_work
 
 
 @dataclass
@@ -108,17 +122,9 @@ class _Period:
 
 
 @dataclass
-class _Line:
-    description: str
-    amount: Decimal
-    occurred_at: dt.datetime | None
-
-
-@dataclass
 class _Prepared:
     period: _Period
     invoice_id: int
-    lines: list[_Line]
     totals: Totals
     covered: tuple[dt.date, dt.date]
     issue_date: dt.date
@@ -156,7 +162,7 @@ def _load_periods(session: Session, ids: Sequence[int]) -> dict[int, _Period]:
         .join(Customer, Customer.id == ClosedPeriod.customer_id)
         .join(Reseller, Reseller.id == Customer.reseller_id)
         .join(CustomerClass, CustomerClass.id == Customer.customer_class_id)
-        .where(ClosedPeriod.id.in_(ids))
+        .where(ids_in(session, ClosedPeriod.id, ids))
     ).all()
     sellers = _sellers(session, {row.reseller_id for row in rows})
     periods = {}
@@ -230,45 +236,92 @@ def _sellers(session: Session, reseller_ids: set[int]) -> dict[int, tuple[Party,
     }
 
 
-def _claim_invoice(session: Session, period: _Period) -> tuple[int, bool] | None:
-    """(id of this period's invoice still to be issued, whether it was just created), or
-    None if it is already issued."""
-    insert = dialect_insert(session)
-    covered_from, covered_to = covered_dates(period.start_date, period.end_date)
-    invoice_id: int | None = session.execute(
-        insert(Invoice)
-        .values(
-            closed_period_id=period.closed_period_id,
-            customer_id=period.customer_id,
-            reseller_id=period.reseller_id,
-            status=InvoiceStatus.GENERATING,
-            currency=period.currency,
-            tax_name=period.tax_name,
-            tax_rate=period.tax_rate,
-            subtotal=Decimal(0),
-            tax=Decimal(0),
-            total=Decimal(0),
-            period_start=period.period_start,
-            period_end=period.period_end,
-            covered_from=covered_from,
-            covered_to=covered_to,
+def _claim_invoices(
+    session: Session, periods: list[_Period]
+) -> tuple[dict[int, int], dict[int, int], list[int]]:
+    """Claim the batch's invoices in one statement: `INSERT … SELECT … ON CONFLICT
+    (closed_period_id) DO NOTHING RETURNING`. A conflict with a live invoice means another
+    generator got there first: it made us wait for its outcome, and its invoice is either
+    issued (the period is already invoiced) or still `generating` (left by an attempt that
+    committed before issuing; we resume it, locked).
+
+    Returns (created: closed period id -> invoice id, resumed: the same, already issued)."""
+    ids = [period.closed_period_id for period in periods]
+    postgresql = session.get_bind().dialect.name == "postgresql"
+    day_before = (
+        ClosedPeriod.end_date - 1 if postgresql else func.date(ClosedPeriod.end_date, "-1 day")
+    )
+    source = (
+        select(
+            ClosedPeriod.id,
+            ClosedPeriod.customer_id,
+            Customer.reseller_id,
+            literal(InvoiceStatus.GENERATING.value),
+            Customer.currency,
+            CustomerClass.tax_name,
+            CustomerClass.tax_rate,
+            literal(0),
+            literal(0),
+            literal(0),
+            ClosedPeriod.period_start,
+            ClosedPeriod.period_end,
+            ClosedPeriod.start_date,
+            day_before,
         )
-        .on_conflict_do_nothing(index_elements=["closed_period_id"], index_where=LIVE_INVOICE)
-        .returning(Invoice.id)
-    ).scalar_one_or_none()
-    if invoice_id is not None:
-        return invoice_id, True
-    # The invoice exists (committed: a concurrent insert made us wait for its outcome).
-    existing = session.execute(
-        select(Invoice.id, Invoice.status)
-        .where(Invoice.closed_period_id == period.closed_period_id, LIVE_INVOICE)
-        .with_for_update()
-    ).one()
-    return None if existing.status == InvoiceStatus.ISSUED else (int(existing.id), False)
+        .join(Customer, Customer.id == ClosedPeriod.customer_id)
+        .join(CustomerClass, CustomerClass.id == Customer.customer_class_id)
+        .where(ids_in(session, ClosedPeriod.id, ids))
+        .order_by(ClosedPeriod.id)  # the order concurrent generators wait on each other in
+    )
+    columns = [
+        "closed_period_id",
+        "customer_id",
+        "reseller_id",
+        "status",
+        "currency",
+        "tax_name",
+        "tax_rate",
+        "subtotal",
+        "tax",
+        "total",
+        "period_start",
+        "period_end",
+        "covered_from",
+        "covered_to",
+    ]
+    created = {
+        row.closed_period_id: row.id
+        for row in session.execute(
+            dialect_insert(session)(Invoice)
+            .from_select(columns, source)
+            .on_conflict_do_nothing(index_elements=["closed_period_id"], index_where=LIVE_INVOICE)
+            .returning(Invoice.id, Invoice.closed_period_id)
+        )
+    }
+    resumed: dict[int, int] = {}
+    already: list[int] = []
+    others = [i for i in ids if i not in created]
+    if others:
+        for row in session.execute(
+            select(Invoice.id, Invoice.closed_period_id, Invoice.status)
+            .where(ids_in(session, Invoice.closed_period_id, others), LIVE_INVOICE)
+            .order_by(Invoice.closed_period_id)
+            .with_for_update()
+        ):
+            if row.status == InvoiceStatus.ISSUED:
+                already.append(row.closed_period_id)
+            else:
+                resumed[row.closed_period_id] = row.id
+    return created, resumed, already
 
 
-def _take_charges(session: Session, period: _Period, invoice_id: int) -> list[_Line]:
-    """Attach the period's uninvoiced charges (and late ones, see module doc) to the invoice."""
+def _take_late_charges(session: Session, invoices: dict[int, _Period]) -> None:
+    """Late charges (module doc) onto each customer's first invoice of the batch: the
+    customer's uninvoiced charges from before that period whose own period is not waiting
+    for its invoice. Rare, so their lines (which name the day) are written here."""
+    first: dict[int, tuple[int, _Period]] = {}
+    for invoice_id, period in sorted(invoices.items(), key=lambda item: item[1].period_start):
+        first.setdefault(period.customer_id, (invoice_id, period))
     # A period whose invoice was voided waits for its reissue (tasks.corrections) like
     # an uninvoiced one: no live invoice.
     awaiting_reissue = ~exists().where(
@@ -278,99 +331,155 @@ def _take_charges(session: Session, period: _Period, invoice_id: int) -> list[_L
         ClosedPeriod.customer_id == Charge.customer_id,
         ClosedPeriod.period_start <= Charge.occurred_at,
         ClosedPeriod.period_end > Charge.occurred_at,
-        ClosedPeriod.id != period.closed_period_id,
         or_(ClosedPeriod.invoiced.is_(False), awaiting_reissue),
     )
     # One statement claims and locks: UPDATE takes the row locks, and a row another
     # generator claimed meanwhile fails the re-checked `invoice_id IS NULL` and is skipped.
+    target = aliased(Invoice)
     claimed = session.execute(
         update(Charge)
         .where(
-            Charge.customer_id == period.customer_id,
+            ids_in(session, target.id, [invoice_id for invoice_id, _ in first.values()]),
+            Charge.customer_id == target.customer_id,
             Charge.invoice_id.is_(None),
-            Charge.occurred_at < period.period_end,
-            or_(
-                Charge.occurred_at >= period.period_start,
-                and_(Charge.occurred_at < period.period_start, ~own_period_pending),
-            ),
+            Charge.occurred_at < target.period_start,
+            ~own_period_pending,
         )
-        .values(invoice_id=invoice_id)
-        .returning(Charge.id, Charge.description, Charge.amount, Charge.occurred_at)
+        .values(invoice_id=target.id)
+        .returning(
+            Charge.id, Charge.invoice_id, Charge.description, Charge.amount, Charge.occurred_at
+        )
         .execution_options(synchronize_session=False)
     ).all()
-    charges = sorted(claimed, key=lambda c: (c.occurred_at, c.id))
-    lines = []
-    for charge in charges:
-        description = charge.description
-        if charge.occurred_at < period.period_start:
-            day = format_long_date(local_date(charge.occurred_at, period.timezone))
-            description = f"{description} (late charge from {day})"
-        lines.append(_Line(description, charge.amount, charge.occurred_at))
-    if charges:
-        session.execute(
-            dialect_insert(session)(InvoiceLine),
-            [
-                {
-                    "invoice_id": invoice_id,
-                    "charge_id": charge.id,
-                    "description": line.description,
-                    "amount": line.amount,
-                    "occurred_at": line.occurred_at,
-                }
-                for charge, line in zip(charges, lines, strict=True)
-            ],
+    if not claimed:
+        return
+    session.execute(
+        dialect_insert(session)(InvoiceLine),
+        [
+            {
+                "invoice_id": charge.invoice_id,
+                "charge_id": charge.id,
+                "description": _late_description(charge, invoices[charge.invoice_id].timezone),
+                "amount": charge.amount,
+                "occurred_at": charge.occurred_at,
+            }
+            for charge in sorted(claimed, key=lambda c: (c.occurred_at, c.id))
+        ],
+    )
+
+
+def _late_description(charge: Any, timezone: str) -> str:
+    day = format_long_date(local_date(charge.occurred_at, timezone))
+    return f"{charge.description} (late charge from {day})"
+
+
+def _take_charges(session: Session, invoices: dict[int, _Period]) -> None:
+    """Attach every invoice's uninvoiced charges of its period, and the late ones, and
+    write their lines: three statements for the whole batch, whatever its size."""
+    _take_late_charges(session, invoices)
+    ids = list(invoices)
+    target = aliased(Invoice)
+    session.execute(
+        update(Charge)
+        .where(
+            ids_in(session, target.id, ids),
+            Charge.customer_id == target.customer_id,
+            Charge.invoice_id.is_(None),
+            Charge.occurred_at >= target.period_start,
+            Charge.occurred_at < target.period_end,
         )
-    return lines
+        .values(invoice_id=target.id)
+        .execution_options(synchronize_session=False)
+    )
+    # Every attached charge without its line yet: the ones just taken (and, on a resumed
+    # invoice, none twice: a charge is on at most one live line).
+    has_line = exists().where(InvoiceLine.charge_id == Charge.id, InvoiceLine.void.is_(False))
+    session.execute(
+        dialect_insert(session)(InvoiceLine).from_select(
+            ["invoice_id", "charge_id", "description", "amount", "occurred_at", "void"],
+            select(
+                Charge.invoice_id,
+                Charge.id,
+                Charge.description,
+                Charge.amount,
+                Charge.occurred_at,
+                false(),
+            )
+            .where(ids_in(session, Charge.invoice_id, ids), ~has_line)
+            .order_by(Charge.invoice_id, Charge.occurred_at, Charge.id),
+        )
+    )
 
 
-def _existing_lines(session: Session, invoice_id: int) -> list[_Line]:
-    return [
-        _Line(row.description, row.amount, row.occurred_at)
+def _subtotals(session: Session, invoice_ids: list[int]) -> dict[int, Decimal]:
+    """The sum of each invoice's lines. Every line amount is already in the currency's
+    minor units (charges refuse more decimals, fee lines are rounded), so this sum is the
+    sum of the rounded lines that `invoice_totals` would make of them."""
+    return {
+        row.invoice_id: row.subtotal
         for row in session.execute(
-            select(InvoiceLine.description, InvoiceLine.amount, InvoiceLine.occurred_at)
-            .where(InvoiceLine.invoice_id == invoice_id)
-            .order_by(InvoiceLine.occurred_at, InvoiceLine.id)
+            select(InvoiceLine.invoice_id, func.sum(InvoiceLine.amount).label("subtotal"))
+            .where(ids_in(session, InvoiceLine.invoice_id, invoice_ids), ~InvoiceLine.void)
+            .group_by(InvoiceLine.invoice_id)
         )
-    ]
+    }
 
 
-def _prepare(session: Session, period: _Period, now: dt.datetime) -> _Prepared | None:
-    """Phase 1 for one period: claim the invoice, attach the charges, compute the totals and
-    dates. Whatever can fail for this period's own data (its zone) fails here, inside its
-    savepoint, never in phase 2 where the whole batch is numbered at once. Nothing is
-    rendered: documents are made on demand from the stored invoice (tasks.invoice_documents)."""
-    issue = local_date(now, period.timezone)
-    claimed = _claim_invoice(session, period)
-    if claimed is None:
-        return None
-    invoice_id, created = claimed
-    # An invoice left `generating` by an earlier attempt keeps the lines it already has.
-    resumed = [] if created else _existing_lines(session, invoice_id)
+def _dates(period: _Period, now: dt.datetime) -> tuple[dt.date, tuple[dt.date, dt.date]]:
+    """(issue date, covered dates) of the period's invoice; raises for a period's own bad
+    data (an unknown zone, an empty period) before anything is written for the batch."""
+    return _issue_date(now, period.timezone), covered_dates(period.start_date, period.end_date)
+
+
+@lru_cache(maxsize=1024)
+def _issue_date(now: dt.datetime, timezone: str) -> dt.date:
+    return local_date(now, timezone)
+
+
+def _prepare(
+    session: Session, periods: list[_Period], now: dt.datetime
+) -> tuple[list[_Prepared], list[int]]:
+    """Phase 1 for a batch of periods, set-based: claim the invoices, bill the recurring
+    fees, attach the charges, sum the lines, compute the totals and dates.
+
+    Returns (prepared, ids of the periods already invoiced). Whatever can fail for a
+    period's own data fails here, inside the caller's savepoint, never in phase 2 where the
+    whole batch is numbered at once. Nothing is rendered: documents are made on demand
+    from the stored invoice (tasks.invoice_documents)."""
+    dates = {period.closed_period_id: _dates(period, now) for period in periods}
+    created, resumed, already = _claim_invoices(session, periods)
+    by_id = {period.closed_period_id: period for period in periods}
     # Recurring fees are billed with the invoice row that records them, so a resumed
     # invoice already has its fee lines.
-    fees = (
-        [_Line(f.description, f.amount, None) for f in bill_fees(session, period.fees, invoice_id)]
-        if created
-        else []
-    )
-    lines = resumed + fees + _take_charges(session, period, invoice_id)
-    totals = invoice_totals((line.amount for line in lines), period.tax_rate, period.currency)
-    return _Prepared(
-        period=period,
-        invoice_id=invoice_id,
-        lines=lines,
-        totals=totals,
-        covered=covered_dates(period.start_date, period.end_date),
-        issue_date=issue,
-        due_date=due_date(issue, period.grace_period_days),
-    )
+    bill_fees_batch(session, [(by_id[cp].fees, invoice_id) for cp, invoice_id in created.items()])
+    invoices = {invoice_id: by_id[cp] for cp, invoice_id in sorted({**created, **resumed}.items())}
+    if not invoices:
+        return [], already
+    _take_charges(session, invoices)
+    subtotals = _subtotals(session, list(invoices))
+    prepared = []
+    for invoice_id, period in invoices.items():
+        issue, covered = dates[period.closed_period_id]
+        prepared.append(
+            _Prepared(
+                period=period,
+                invoice_id=invoice_id,
+                totals=invoice_totals(
+                    [subtotals.get(invoice_id, Decimal(0))], period.tax_rate, period.currency
+                ),
+                covered=covered,
+                issue_date=issue,
+                due_date=due_date(issue, period.grace_period_days),
+            )
+        )
+    return prepared, already
 
 
 def _issue(session: Session, prepared: list[_Prepared], now: dt.datetime) -> list[IssuedInvoice]:
     """Phase 2: number and issue every prepared invoice; write the outbox rows."""
     issued: list[IssuedInvoice] = []
     invoice_rows: list[dict[str, Any]] = []
-    notification_rows: list[dict[str, Any]] = []
+    outbox: list[tuple[int, str]] = []
     ordered = sorted(
         prepared,
         key=lambda p: (p.period.reseller_id, p.period.period_end, p.period.closed_period_id),
@@ -385,59 +494,119 @@ def _issue(session: Session, prepared: list[_Prepared], now: dt.datetime) -> lis
         ).scalar_one()
         for number, item in enumerate(items, start=last - len(items) + 1):
             period = item.period
-            issue, due = item.issue_date, item.due_date
             invoice_rows.append(
                 {
                     "id": item.invoice_id,
                     "number": number,
-                    "status": InvoiceStatus.ISSUED,
                     "subtotal": item.totals.subtotal,
                     "tax": item.totals.tax,
                     "total": item.totals.total,
-                    "issue_date": issue,
-                    "due_date": due,
-                    "issued_at": now,
+                    "issue_date": item.issue_date,
+                    "due_date": item.due_date,
                     "snapshot": period.snapshot,
                 }
             )
-            subject, body = issue_notification_text(
-                period.snapshot, number, item.covered, item.totals.total, period.currency, due
-            )
+            # The text is the mailer's to compose, from the stored invoice.
             recipients = [*period.notification_emails, *filter(None, [period.invoice_email])]
-            for recipient in dict.fromkeys(recipients):
-                notification_rows.append(
-                    {
-                        "invoice_id": item.invoice_id,
-                        "topic": "invoice",
-                        "recipient": recipient,
-                        "subject": subject,
-                        "body_text": body,
-                        "status": NotificationStatus.PENDING,
-                        "attempts": 0,
-                        "created_at": now,
-                    }
-                )
+            outbox += [(item.invoice_id, recipient) for recipient in dict.fromkeys(recipients)]
             issued.append(
                 IssuedInvoice(
                     period.closed_period_id, item.invoice_id, reseller_id, number, item.totals.total
                 )
             )
     if invoice_rows:
-        session.execute(update(Invoice), invoice_rows)
+        _write_issued(session, invoice_rows, now)
         session.execute(
             update(ClosedPeriod)
-            .where(ClosedPeriod.id.in_([p.period.closed_period_id for p in prepared]))
+            .where(ids_in(session, ClosedPeriod.id, [p.period.closed_period_id for p in prepared]))
             .values(invoiced=True)
         )
-    if notification_rows:
-        insert = dialect_insert(session)
-        session.execute(
-            insert(Notification).on_conflict_do_nothing(
-                index_elements=["invoice_id", "topic", "recipient"]
-            ),
-            notification_rows,
-        )
+    if outbox:
+        _write_outbox(session, outbox, now)
     return issued
+
+
+def _write_issued(session: Session, rows: list[dict[str, Any]], now: dt.datetime) -> None:
+    """Issue the numbered invoices: on PostgreSQL one `UPDATE … FROM json_to_recordset`
+    for the whole batch (one parameter, one statement), elsewhere one update per row."""
+    if session.get_bind().dialect.name != "postgresql":
+        session.execute(
+            update(Invoice),
+            [{**row, "status": InvoiceStatus.ISSUED, "issued_at": now} for row in rows],
+        )
+        return
+    payload = json.dumps(
+        [
+            {
+                **row,
+                "subtotal": str(row["subtotal"]),
+                "tax": str(row["tax"]),
+                "total": str(row["total"]),
+                "issue_date": row["issue_date"].isoformat(),
+                "due_date": row["due_date"].isoformat(),
+            }
+            for row in rows
+        ]
+    )
+    session.execute(
+        text(
+            "UPDATE invoices SET number = r.number, status = :issued, subtotal = r.subtotal,"
+            " tax = r.tax, total = r.total, issue_date = r.issue_date, due_date = r.due_date,"
+            " issued_at = :now, snapshot = r.snapshot"
+            " FROM json_to_recordset(CAST(:rows AS json)) AS r(id bigint, number integer,"
+            " subtotal numeric, tax numeric, total numeric, issue_date date, due_date date,"
+            " snapshot json)"
+            " WHERE invoices.id = r.id"
+        ),
+        {"rows": payload, "issued": InvoiceStatus.ISSUED.value, "now": now},
+    )
+    session.expire_all()  # invoices the caller holds were changed behind the ORM's back
+
+
+def _write_outbox(session: Session, outbox: list[tuple[int, str]], now: dt.datetime) -> None:
+    """One pending invoice e-mail per (invoice, recipient), unique: a rerun adds none."""
+    insert = dialect_insert(session)
+    if session.get_bind().dialect.name == "postgresql":
+        invoice_ids, recipients = zip(*outbox, strict=True)
+        rows = (
+            func.unnest(
+                literal(list(invoice_ids), ARRAY(BigInteger)),
+                literal(list(recipients), ARRAY(String)),
+            )
+            .table_valued("invoice_id", "recipient")
+            .render_derived()
+        )
+        statement = insert(Notification).from_select(
+            ["invoice_id", "topic", "recipient", "status", "attempts", "created_at"],
+            select(
+                rows.c.invoice_id,
+                literal("invoice"),
+                rows.c.recipient,
+                literal(NotificationStatus.PENDING.value),
+                literal(0),
+                literal(now, UTCDateTime()),
+            ),
+        )
+        session.execute(
+            statement.on_conflict_do_nothing(index_elements=["invoice_id", "topic", "recipient"])
+        )
+        return
+    session.execute(
+        insert(Notification).on_conflict_do_nothing(
+            index_elements=["invoice_id", "topic", "recipient"]
+        ),
+        [
+            {
+                "invoice_id": invoice_id,
+                "topic": "invoice",
+                "recipient": recipient,
+                "status": NotificationStatus.PENDING,
+                "attempts": 0,
+                "created_at": now,
+            }
+            for invoice_id, recipient in outbox
+        ],
+    )
 
 
 class InvoicingStatus(StrEnum):
@@ -512,49 +681,74 @@ class InvoicingResult:
 def _prepare_all(
     session: Session, periods: list[_Period], now: dt.datetime
 ) -> tuple[list[_Prepared], list[int], list[PeriodFailure]]:
-    """Phase 1 for the batch: (prepared, already invoiced, failed). Optimistically all
-    periods in one savepoint (two round trips fewer per invoice); if one of them fails,
-    again one savepoint per period, so that only the bad one is reported and skipped.
+    """Phase 1 for the batch: (prepared, already invoiced, failed). Optimistically the
+    whole batch at once, set-based, in one savepoint; if that fails, again one period at a
+    time, each in its own savepoint, so that only the bad one is reported and skipped.
 
     Periods go in id order, which is each customer's period order (a customer's periods
     close one after the other), and a customer's later period is held once an earlier one
     failed: its invoice is never numbered before the earlier one's. Concurrent generators
     claim invoices in that same order, so they wait on each other without deadlocking."""
-    outcomes: list[tuple[_Period, _Prepared | None]] = []
     failures: list[PeriodFailure] = []
+    sound = _sound_periods(periods, now, failures)
     try:
         with session.begin_nested():
-            outcomes = [(period, _prepare(session, period, now)) for period in periods]
+            prepared, already = _prepare(session, sound, now)
+        return prepared, already, failures
     except Exception as exc:
         if is_transient(exc):
             raise
-        outcomes = []
-        failed_customers: set[int] = set()
-        for period in periods:
-            if period.customer_id in failed_customers:
-                failures.append(
-                    PeriodFailure(
-                        period.closed_period_id,
-                        EARLIER_PERIOD_PENDING,
-                        "held until the customer's earlier period is invoiced",
-                    )
-                )
-                continue
-            try:
-                with session.begin_nested():
-                    outcomes.append((period, _prepare(session, period, now)))
-            except Exception as exc:
-                if is_transient(exc):
-                    raise
-                failed_customers.add(period.customer_id)
-                failures.append(
-                    PeriodFailure(
-                        period.closed_period_id, GENERATION_FAILED, f"{type(exc).__name__}: {exc}"
-                    )
-                )
-    prepared = [item for _period, item in outcomes if item is not None]
-    already = [period.closed_period_id for period, item in outcomes if item is None]
+    prepared, already = [], []
+    failed_customers: set[int] = set()
+    for period in sound:
+        if period.customer_id in failed_customers:
+            failures.append(_held(period))
+            continue
+        try:
+            with session.begin_nested():
+                one, done = _prepare(session, [period], now)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            failed_customers.add(period.customer_id)
+            failures.append(_failed(period, exc))
+        else:
+            prepared += one
+            already += done
     return prepared, already, failures
+
+
+def _sound_periods(
+    periods: list[_Period], now: dt.datetime, failures: list[PeriodFailure]
+) -> list[_Period]:
+    """The periods whose own data (zone, dates) can be invoiced, found before anything is
+    written; the others, and the later periods of their customers, go to `failures`."""
+    failed_customers: set[int] = set()
+    sound = []
+    for period in periods:
+        if period.customer_id in failed_customers:
+            failures.append(_held(period))
+            continue
+        try:
+            _dates(period, now)
+        except Exception as exc:
+            failed_customers.add(period.customer_id)
+            failures.append(_failed(period, exc))
+        else:
+            sound.append(period)
+    return sound
+
+
+def _held(period: _Period) -> PeriodFailure:
+    return PeriodFailure(
+        period.closed_period_id,
+        EARLIER_PERIOD_PENDING,
+        "held until the customer's earlier period is invoiced",
+    )
+
+
+def _failed(period: _Period, exc: Exception) -> PeriodFailure:
+    return PeriodFailure(period.closed_period_id, GENERATION_FAILED, f"{type(exc).__name__}: {exc}")
 
 
 def _earlier_uninvoiced(session: Session, periods: dict[int, _Period]) -> list[int]:
@@ -571,11 +765,10 @@ def _earlier_uninvoiced(session: Session, periods: dict[int, _Period]) -> list[i
         return []
     rows = session.execute(
         select(ClosedPeriod.id, ClosedPeriod.customer_id, ClosedPeriod.period_start).where(
-            ~ClosedPeriod.invoiced,
-            ClosedPeriod.customer_id.in_(sorted(latest)),
-            ClosedPeriod.id.not_in(sorted(periods)),
+            ~ClosedPeriod.invoiced, ids_in(session, ClosedPeriod.customer_id, latest)
         )
     ).all()
+    rows = [row for row in rows if row.id not in periods]
     return [row.id for row in rows if row.period_start < latest[row.customer_id]]
 
 
@@ -626,6 +819,7 @@ def generate_invoices(
     recorded on the period (see `_record_failures`).
     """
     ids = sorted(set(closed_period_ids))
+    plan_each_batch(session)
     periods = _load_periods(session, ids)
     extra = _earlier_uninvoiced(session, periods)
     if extra:

@@ -25,12 +25,13 @@ import jinja2
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models import Notification, NotificationStatus
+from models import Invoice, Notification, NotificationStatus
 from tasks.base import BillingTask, send_after_commit, utcnow
 from tasks.invoice_documents import (
     Attachment,
     RenderError,
     invoice_attachments,
+    issue_notification_text,
     load_invoice_view,
     render_html,
 )
@@ -91,14 +92,15 @@ def send_notifications(
         .limit(limit)
         .with_for_update(of=Notification, skip_locked=True)
     ).all()
+    compose_invoice_texts(session, [n for n in rows if n.subject is None])
     sent = failed = 0
     documents: dict[int, tuple[str, list[Attachment]] | None] = {}
     for notification in rows:
         message = EmailMessage()
         message["From"] = sender_address
         message["To"] = notification.recipient
-        message["Subject"] = notification.subject
-        message.set_content(notification.body_text)
+        message["Subject"] = notification.subject or ""
+        message.set_content(notification.body_text or "")
         notification.attempts += 1
         try:
             # The invoice itself carries its documents; reminders and notices are text only.
@@ -132,6 +134,40 @@ def send_notifications(
     return MailingResult(
         MailingStatus.SOME_FAILED if failed else MailingStatus.DONE, sent, failed, len(rows)
     )
+
+
+def compose_invoice_texts(session: Session, notifications: list[Notification]) -> None:
+    """Write the subject and text of invoice e-mails issued without them: issuing writes
+    the outbox set-based and leaves the text to the mailer, which composes it once, from
+    the stored invoice (number, dates, total, snapshot), the first time it claims the row."""
+    ids = {n.invoice_id for n in notifications}
+    if not ids:
+        return
+    invoices = {
+        row.id: row
+        for row in session.execute(
+            select(
+                Invoice.id,
+                Invoice.snapshot,
+                Invoice.number,
+                Invoice.covered_from,
+                Invoice.covered_to,
+                Invoice.total,
+                Invoice.currency,
+                Invoice.due_date,
+            ).where(Invoice.id.in_(sorted(ids)))
+        )
+    }
+    for notification in notifications:
+        row = invoices[notification.invoice_id]
+        notification.subject, notification.body_text = issue_notification_text(
+            row.snapshot,
+            row.number,
+            (row.covered_from, row.covered_to),
+            row.total,
+            row.currency,
+            row.due_date,
+        )
 
 
 def _documents(

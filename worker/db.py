@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import BigInteger, Engine, any_, create_engine, event, literal, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -120,6 +120,25 @@ def dialect_insert(session: Session) -> Any:
     """The session's dialect's `insert`: it has ON CONFLICT on PostgreSQL and SQLite alike,
     which every idempotent write uses (a conflict means "already done")."""
     return sqlite.insert if session.get_bind().dialect.name == "sqlite" else postgresql.insert
+
+
+def ids_in(session: Session, column: Any, ids: Iterable[int]) -> Any:
+    """`column IN ids` for a batch of ids: one array parameter on PostgreSQL
+    (`= ANY(:ids)`, the same statement text whatever the batch's size, parsed once and
+    planned as an index probe per id), an IN list elsewhere."""
+    values = sorted(set(ids))
+    if session.get_bind().dialect.name == "postgresql":
+        return column == any_(literal(values, postgresql.ARRAY(BigInteger)))
+    return column.in_(values)
+
+
+def plan_each_batch(session: Session) -> None:
+    """Have PostgreSQL plan this transaction's statements for their own parameters (a batch
+    of ids, the tables' size now). The driver prepares a statement it has run five times,
+    and a generic plan cached while the tables were small (or for an array of unknown
+    length) scans them whole once they have grown: seconds a batch."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
 
 
 def reset_engine() -> None:

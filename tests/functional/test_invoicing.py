@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from models import ClosedPeriod, Invoice, Notification, Reseller
+from models import ClosedPeriod, Invoice, InvoiceLine, Notification, Reseller
 from models.invoicing_rules import format_long_date, local_date
 from tests.invoicing_factories import (
     billing_customer,
@@ -327,3 +327,94 @@ def test_numbers_follow_period_order_when_missed_periods_arrive_out_of_order(
         numbers = [number[i] for i in ids]
         assert numbers == sorted(numbers), numbers
     assert sorted(number.values()) == list(range(1, 25))
+
+
+def test_one_large_batch_is_issued_set_based_with_the_per_period_rules(worker, clean_db) -> None:
+    """One message of 270 periods (90 customers in three zones, three months each), issued
+    set-based by the worker: every invoice holds its own period's charges and fee lines; a
+    charge recorded after its period's invoice goes on the customer's next invoice as a late
+    charge; a period with a bad zone fails alone and holds only its customer's later period;
+    numbers are 1..N in period order per customer; a rerun issues nothing new."""
+    from tasks.base import WorkFailed
+    from tasks.charges import record_charge
+    from tasks.invoicing import generate_invoices_task
+    from tests.fees_factories import make_plan, subscribe
+
+    zones = ["UTC", "America/New_York", "Asia/Tokyo"]
+    months = [dt.date(2026, m, 1) for m in (1, 2, 3, 4)]
+    now = dt.datetime(2026, 4, 2, tzinfo=dt.UTC)
+    periods: dict[int, list[int]] = {}
+    with unit_of_work() as session:
+        customers = [
+            billing_customer(
+                session, billing_timezone=zones[k % 3], created=months[0], period_end=months[1]
+            )
+            for k in range(90)
+        ]
+        for customer in customers:
+            periods[customer.id] = [
+                close_period(session, customer, a, b).id for a, b in itertools.pairwise(months)
+            ]
+            for a in months[:3]:
+                at = local_midnight(a + dt.timedelta(days=14), customer.billing_timezone)
+                payload = charge_payload(customer, "3.10", at, f"{customer.id}-{a}")
+                assert record_charge(session, payload, now=now)["status"] == "recorded"
+        bad, late, subscribed = customers[0], customers[1], customers[2]
+        subscribe(
+            session,
+            subscribed,
+            make_plan(session, "Line", "arrears", {"USD": "10.00"}),
+            1,
+            at=subscribed.created_at,
+        )
+        session.get(ClosedPeriod, periods[bad.id][1]).billing_timezone = "Atlantis/Capital"
+        session.flush()
+        session.expunge_all()
+    first = generate_invoices_task.delay([periods[late.id][0]]).get(timeout=60)
+    assert first["issued"] == 1
+    late_at = local_midnight(dt.date(2026, 1, 20), late.billing_timezone)
+    with unit_of_work() as session:
+        payload = charge_payload(late, "7.00", late_at, "late-one")
+        assert record_charge(session, payload, now=now)["status"] == "recorded"
+    ids = sorted(i for ids in periods.values() for i in ids)
+
+    with pytest.raises(WorkFailed) as failed:
+        generate_invoices_task.delay(ids).get(timeout=120)
+    with pytest.raises(WorkFailed) as rerun:
+        generate_invoices_task.delay(list(reversed(ids))).get(timeout=120)
+
+    summary = failed.value.summary
+    assert summary["issued"] == 267
+    assert summary["already_invoiced"] == [periods[late.id][0]]
+    assert summary["failed"] == periods[bad.id][1:]
+    assert [e["code"] for e in summary["errors"]] == [
+        "generation_failed",
+        "earlier_period_pending",
+    ]
+    assert rerun.value.summary["issued"] == 0
+    assert len(rerun.value.summary["already_invoiced"]) == 268
+    with unit_of_work() as session:
+        invoices = {i.closed_period_id: i for i in session.scalars(select(Invoice))}
+        lines: dict[int, list[tuple[str, Decimal]]] = {i.id: [] for i in invoices.values()}
+        for line in session.scalars(select(InvoiceLine)):
+            lines[line.invoice_id].append((line.description, line.amount))
+        lines = {k: sorted(v) for k, v in lines.items()}
+    assert sorted(i.number for i in invoices.values()) == list(range(1, 269))
+    for customer_periods in periods.values():
+        numbers = [invoices[i].number for i in customer_periods if i in invoices]
+        assert numbers == sorted(numbers)
+    assert set(periods[bad.id][1:]).isdisjoint(invoices)
+    for cp, invoice in invoices.items():
+        assert invoice.status == "issued"
+        assert invoice.subtotal == sum(amount for _, amount in lines[invoice.id])
+        assert invoice.total == invoice.subtotal + invoice.tax
+        if cp in periods[subscribed.id]:
+            assert [a for d, a in lines[invoice.id]] == [Decimal("3.10"), Decimal("10.00")]
+        elif cp == periods[late.id][1]:
+            day = format_long_date(local_date(late_at, late.billing_timezone))
+            assert lines[invoice.id] == [
+                ("Calls", Decimal("3.10")),
+                (f"Calls (late charge from {day})", Decimal("7.00")),
+            ]
+        else:
+            assert lines[invoice.id] == [("Calls", Decimal("3.10"))], cp

@@ -395,3 +395,60 @@ def test_the_collections_revision_settles_what_was_paid_before_it(database) -> N
             assert [tuple(r) for r in amounts] == [(1, Decimal("25.00")), (2, Decimal("15.00"))]
     finally:
         engine.dispose()
+
+
+def test_the_set_based_invoicing_revision_keeps_the_outbox_and_its_downgrade_fills_texts(
+    database,
+) -> None:
+    """0008 on a populated database keeps every outbox row's text and lets an invoice's
+    rows wait without one (the mailer composes it); its downgrade writes a text into the
+    rows still without one, so the NOT NULL columns come back with nothing lost."""
+    from alembic import command
+
+    from worker.migrate import alembic_config
+
+    upgrade(database, "0001")
+    engine = make_engine(database)
+    try:
+        _populate_0001(engine)
+        upgrade(database)
+        with engine.begin() as conn:
+            kept = conn.execute(sa.select(NOTIFICATIONS.c.subject, NOTIFICATIONS.c.body_text))
+            assert [tuple(r) for r in kept] == [("Invoice 1", "…")]
+            conn.execute(
+                NOTIFICATIONS.insert(),
+                {
+                    "invoice_id": 1,
+                    "recipient": "ops@acme.test",
+                    "subject": None,
+                    "body_text": None,
+                    "status": "pending",
+                    "attempts": 0,
+                    "created_at": CREATED,
+                },
+            )
+        names = {index["name"] for index in sa.inspect(engine).get_indexes("charges")}
+        assert "ix_charges_uninvoiced" in names
+        command.downgrade(alembic_config(database), "0007_reseller_tenancy")
+        with engine.connect() as conn:
+            texts = conn.execute(
+                sa.select(NOTIFICATIONS.c.recipient, NOTIFICATIONS.c.subject).order_by(
+                    NOTIFICATIONS.c.recipient
+                )
+            ).all()
+            assert [tuple(r) for r in texts] == [
+                ("ar@acme.test", "Invoice 1"),
+                ("ops@acme.test", "Invoice 1"),
+            ]
+            body = conn.scalar(
+                sa.select(NOTIFICATIONS.c.body_text).where(
+                    NOTIFICATIONS.c.recipient == "ops@acme.test"
+                )
+            )
+            assert body is not None
+            assert body.startswith("Invoice 1: ")
+        names = {index["name"] for index in sa.inspect(engine).get_indexes("charges")}
+        assert "ix_charges_uninvoiced" not in names
+        upgrade(database)  # and back up again
+    finally:
+        engine.dispose()
