@@ -1,21 +1,30 @@
 """Invoice generation: one invoice per closed period, numbered without gaps per reseller.
 
 `generate_invoices(session, closed_period_ids, now=…)` runs in the caller's transaction in
-two phases:
+two phases, each set-based: a statement does the whole batch, not one period.
 
-1. Per closed period, inside its own savepoint (a bad period is reported and skipped, the
-   rest of the batch goes on): `INSERT invoice … ON CONFLICT (closed_period_id) DO
-   NOTHING` (a conflict with an issued invoice means "already invoiced"; a concurrent
-   generator of the same period makes us wait for it, then skip), take the customer's
-   uninvoiced charges that occurred in `[period start, period end)` with `FOR UPDATE` and
-   attach them, compute the totals.
+1. For the whole batch in one savepoint: one `INSERT invoices … SELECT … ON CONFLICT
+   (closed_period_id) DO NOTHING RETURNING` claims every invoice (a conflict with an
+   issued invoice means "already invoiced"; a concurrent generator of the same period
+   makes us wait for it, then skip); recurring fees are billed for the customers that have
+   any subscription (`tasks.fees`); one `UPDATE charges … FROM invoices` attaches each
+   customer's uninvoiced charges of `[period start, period end)` to its invoice (the row
+   locks are the claim: a charge another generator took fails the re-checked `invoice_id
+   IS NULL`), one `INSERT … SELECT` writes their lines, one `SELECT … GROUP BY` sums each
+   invoice's lines, and the totals are computed. A period's own bad data (an unknown zone,
+   an empty period) is found before anything is written; if the batch fails anyway, it is
+   redone one period per savepoint, so only the bad period is reported and skipped.
 2. At the end, per reseller in id order (so concurrent batches cannot deadlock): one
    `UPDATE resellers SET last_invoice_number = last_invoice_number + k RETURNING …`
-   hands out k consecutive numbers; the invoices are rendered, issued and their
-   notifications written to the outbox, and their closed periods marked invoiced. The
-   reseller row stays locked until commit, which serialises concurrent issuers; a rollback
-   gives the numbers back, so numbers have no gaps. Holding the lock only for this short
-   last step keeps concurrent generators from queueing behind each other's whole batch.
+   hands out k consecutive numbers; one statement issues the invoices (on PostgreSQL
+   `UPDATE … FROM json_to_recordset`, one parameter), one writes their outbox rows, one
+   marks the closed periods invoiced. The reseller row stays locked until commit, which
+   serialises concurrent issuers; a rollback gives the numbers back, so numbers have no
+   gaps. Holding the lock only for this short last step keeps concurrent generators from
+   queueing behind each other's whole batch.
+
+On PostgreSQL every id list is one array parameter (`worker.db.ids_in`) and every
+statement is planned for its batch (`worker.db.plan_each_batch`).
 
 Late charges: a charge recorded after its period's invoice was issued is not lost; it goes
 on the customer's next invoice generated, as a line marked "late charge from <date>". A
@@ -24,7 +33,9 @@ so out-of-order generation (catch-up batches on several workers) never moves a c
 the wrong invoice.
 
 Notifications: each issued invoice writes one outbox row per address of the class's
-notification list (unique per invoice and recipient); `tasks/notifications.py` mails them.
+notification list and the customer's invoice address (unique per invoice and recipient),
+without its text: `tasks/notifications.py` composes the text from the stored invoice and
+renders the documents when it mails them, never while invoicing.
 
 Settlement: once a batch is issued, `tasks.settlement.settle_issued` pays its prepaid
 invoices from funds and applies any postpaid customer's credit (see that module).
@@ -331,7 +342,7 @@ def _take_late_charges(session: Session, invoices: dict[int, _Period]) -> None:
         ClosedPeriod.customer_id == Charge.customer_id,
         ClosedPeriod.period_start <= Charge.occurred_at,
         ClosedPeriod.period_end > Charge.occurred_at,
-        or_(ClosedPeriod.invoiced.is_(False), awaiting_reissue),
+        or_(~ClosedPeriod.invoiced, awaiting_reissue),
     )
     # One statement claims and locks: UPDATE takes the row locks, and a row another
     # generator claimed meanwhile fails the re-checked `invoice_id IS NULL` and is skipped.
@@ -393,7 +404,7 @@ def _take_charges(session: Session, invoices: dict[int, _Period]) -> None:
     )
     # Every attached charge without its line yet: the ones just taken (and, on a resumed
     # invoice, none twice: a charge is on at most one live line).
-    has_line = exists().where(InvoiceLine.charge_id == Charge.id, InvoiceLine.void.is_(False))
+    has_line = exists().where(InvoiceLine.charge_id == Charge.id, ~InvoiceLine.void)
     session.execute(
         dialect_insert(session)(InvoiceLine).from_select(
             ["invoice_id", "charge_id", "description", "amount", "occurred_at", "void"],
