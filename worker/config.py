@@ -242,7 +242,7 @@ def load_settings() -> Settings:
         reconcile_interval=_env_int("BILLING_RECONCILE_INTERVAL", 300),
         reconcile_after=_env_int("BILLING_RECONCILE_AFTER", 900, minimum=0),
         collections_interval=_env_int("BILLING_COLLECTIONS_INTERVAL", 300),
-        invoice_batch_size=_env_int("BILLING_INVOICE_BATCH", 500),
+        invoice_batch_size=_env_int("BILLING_INVOICE_BATCH", 1000),
         close_batch_size=_env_int("BILLING_CLOSE_BATCH", 2000),
         clock_skew_seconds=_env_int("BILLING_CLOCK_SKEW", DEFAULT_CLOCK_SKEW_SECONDS, minimum=0),
         embedded_database=embedded_database,

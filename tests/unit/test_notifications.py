@@ -83,6 +83,8 @@ def test_the_outbox_is_mailed_with_the_invoice_attached(session, smtp_server) ->
         now=NOW,
     )
     generate_invoices(session, [period.id], now=NOW)
+    # Issuing leaves the text to the mailer (the outbox is written set-based).
+    assert set(session.scalars(select(Notification.subject))) == {None}
     port = smtp_server.server_address[1]
     conf = SMTPSettings.from_url(f"smtp://127.0.0.1:{port}?from=billing@acme.test")
 
@@ -105,6 +107,9 @@ def test_the_outbox_is_mailed_with_the_invoice_attached(session, smtp_server) ->
     assert (rows["ap@hopper.test"].status, rows["ap@hopper.test"].sent_at) == ("sent", NOW)
     assert (rows["bad@hopper.test"].status, rows["bad@hopper.test"].attempts) == ("failed", 2)
     assert "550" in rows["bad@hopper.test"].last_error
+    # composed once, kept with the row: the retried one is the same e-mail
+    assert {n.subject for n in rows.values()} == {"Invoice 1 from Acme"}
+    assert "$7.50" in rows["bad@hopper.test"].body_text
     (raw,) = smtp_server.messages
     message = email.message_from_bytes(raw)
     assert message["To"] == "ap@hopper.test"
