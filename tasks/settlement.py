@@ -53,7 +53,7 @@ from models.collections_rules import OpenInvoice, allocate, overdue_since
 from models.invoicing_rules import PREPAID, BalanceChange, is_blocked
 from tasks.balances import apply_balance_change
 from tasks.blocks import unblock
-from worker.db import dialect_insert
+from worker.db import dialect_insert, ids_in
 
 SUSPEND = "suspend"  # models.collections_rules.StepKind.SUSPEND
 RESUME = "resume"
@@ -101,7 +101,7 @@ def mark_settled(session: Session, invoice_ids: Iterable[int], *, now: dt.dateti
     session.execute(
         update(Invoice)
         .where(
-            Invoice.id.in_(ids),
+            ids_in(session, Invoice.id, ids),
             Invoice.status == InvoiceStatus.ISSUED,
             Invoice.settled_at.is_(None),
             Invoice.total <= applied_sum(Invoice.id),
@@ -225,7 +225,9 @@ def settle_issued(session: Session, invoice_ids: Iterable[int], *, now: dt.datet
     prepaid = session.execute(
         select(Invoice.id, Invoice.customer_id, Invoice.total, Invoice.tax, Invoice.currency)
         .join(Customer, Customer.id == Invoice.customer_id)
-        .where(Invoice.id.in_(ids), Customer.balance_control == PREPAID, Invoice.total > 0)
+        .where(
+            ids_in(session, Invoice.id, ids), Customer.balance_control == PREPAID, Invoice.total > 0
+        )
     ).all()
     if prepaid:
         session.execute(
@@ -252,7 +254,7 @@ def settle_issued(session: Session, invoice_ids: Iterable[int], *, now: dt.datet
         exists().where(CreditNote.customer_id == Invoice.customer_id, CreditNote.unapplied > 0),
     )
     with_credit = session.scalars(
-        select(Invoice.customer_id).where(Invoice.id.in_(ids), has_credit).distinct()
+        select(Invoice.customer_id).where(ids_in(session, Invoice.id, ids), has_credit).distinct()
     ).all()
     for customer_id in sorted(with_credit):
         apply_credit(session, lock_customer(session, customer_id), now=now)
