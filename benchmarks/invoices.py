@@ -347,6 +347,7 @@ def check(n: int) -> None:
 
     from worker.db import engine
 
+    vacuum()  # plans for the checks' whole-table joins
     with engine().connect() as conn:
         invoices = conn.scalar(text("SELECT count(*) FROM invoices"))
         assert invoices == n, f"{invoices} invoices for {n} periods"
@@ -400,13 +401,13 @@ def main() -> None:
                 f"{args.n / elapsed:,.0f} invoices/s, {elapsed / floor:.2f}x the floor"
             )
         elapsed, peaks = through_worker(ids, args.batch, args.concurrency)
-        check(args.n)
         mib = ", ".join(f"{peak / 2**20:.0f}" for peak in peaks)
         print(
             f"through Redis + worker (-c {args.concurrency}, batches of {args.batch:,}): "
             f"{elapsed:.1f}s = {args.n / elapsed:,.0f} invoices/s, {elapsed / floor:.2f}x the "
             f"floor; peak memory per worker process (MiB): {mib}"
         )
+        check(args.n)
     finally:
         reset_engine()
         drop_database(ADMIN_URL, DATABASE)
