@@ -169,6 +169,7 @@ def close_due(
     try:
         with sender:
             while True:
+                _plan_batch(session)
                 claimed = session.execute(
                     _claim_due(session, now, batch_size, set(unclosable))
                 ).all()
@@ -401,13 +402,25 @@ _CLOSE_BATCH_POSTGRESQL = text(
 )
 
 
-# Left to itself the planner joins a batch of thousands to `customers` by hashing a
-# sequential scan of the whole table: cost that grows with the customer base. A batch is
-# always a small part of the table, so the primary-key index is right; JIT compilation
-# costs more than it saves on statements this short.
+# Cost must follow the due work, not the customer base, whatever the statistics say (a
+# small table, a plan cached while the table was small, a batch as large as what is due):
+# - the claim walks `ix_customers_due` in end order and stops at its limit; a sequential
+#   or bitmap scan reads every due customer (or every customer) to sort them, each batch;
+# - left to itself the planner joins a batch of thousands to `customers` by hashing a
+#   sequential scan of the whole table; a batch is always a small part of the table, so
+#   the primary-key index is right.
+# JIT compilation costs more than it saves on statements this short. Set per transaction
+# (SET LOCAL), before the claim.
 _BATCH_PLAN_POSTGRESQL = text(
-    "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; SET LOCAL jit = off"
+    "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off;"
+    " SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; SET LOCAL jit = off"
 )
+
+
+def _plan_batch(session: Session) -> None:
+    """The planner settings of a close transaction (PostgreSQL), before its claim."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(_BATCH_PLAN_POSTGRESQL)
 
 
 def _write_postgresql(session: Session, steps: Steps, now: dt.datetime) -> _Written:
@@ -441,7 +454,6 @@ def _write_postgresql(session: Session, steps: Steps, now: dt.datetime) -> _Writ
             number = numbers[key] = len(firsts)
         customer_ids.extend(ids)
         group_numbers.extend([number] * len(ids))
-    session.execute(_BATCH_PLAN_POSTGRESQL)
     ids, customers, rules, tzs, dates, counts = session.execute(
         _CLOSE_BATCH_POSTGRESQL,
         {

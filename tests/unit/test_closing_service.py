@@ -351,6 +351,46 @@ def test_invoice_messages_keep_a_customers_periods_together(customers, chunk, ex
     assert [i for piece in pieces for i in piece] == ids
 
 
+def test_the_claim_walks_the_due_index_even_when_every_customer_is_due(
+    clean_db, db_session
+) -> None:
+    """On PostgreSQL the claim is an index walk in end order that stops at its limit, not a
+    scan and sort of every due customer, even on a small table where all are due and the
+    limit exceeds them (there the planner alone picks a sequential scan and a sort)."""
+    from sqlalchemy import text
+    from sqlalchemy.dialects import postgresql
+
+    from tasks.closing import _claim_due, _plan_batch
+
+    make_customer(db_session, name="model", billing_period="daily")
+    columns = (
+        "reseller_id, business_model_id, customer_class_id, billing_period, billing_timezone,"
+        " balance_control, currency, balance, custom_data, created_at, created_local_date,"
+        " current_period_start"
+    )
+    # Period ends in no physical order (only the plan is looked at, nothing is closed).
+    db_session.execute(
+        text(
+            f"INSERT INTO customers (name, name_key, {columns}, current_period_end)"
+            f" SELECT 'c' || g, 'c' || g, {columns},"
+            "  current_period_end + (g * 7919 % 1000) * interval '1 minute'"
+            " FROM customers, generate_series(1, 2000) g"
+        )
+    )
+    db_session.commit()
+    db_session.execute(text("ANALYZE customers"))
+    claim = _claim_due(db_session, dt.datetime(2026, 2, 1, tzinfo=UTC), 5000, set())
+    sql = str(claim.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
+
+    _plan_batch(db_session)
+    plan = "\n".join(row[0] for row in db_session.execute(text(f"EXPLAIN {sql}")))
+    db_session.rollback()
+
+    assert "Index Scan using ix_customers_due on customers" in plan
+    assert "Seq Scan on customers" not in plan
+    assert "Bitmap" not in plan
+
+
 def test_closed_and_terminated_customers_are_no_longer_billed(session, sent) -> None:
     """Only active customers are selected, however long ago their period ended."""
     active = make_customer(session, billing_period="weekly")
