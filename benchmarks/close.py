@@ -52,8 +52,12 @@ def timezones(count: int = 60) -> list[str]:
     return ["UTC", *(zones[int(i * step)] for i in range(count - 1))]
 
 
-def seed_profiles(as_of: dt.datetime) -> list[tuple[str, str, dt.date, dt.datetime, dt.datetime]]:
-    """(rule, tz, created, start, end) whose period [start, end) is the last to end by as_of."""
+Profile = tuple[str, str, dt.date, dt.datetime, dt.datetime]
+
+
+def seed_profiles(as_of: dt.datetime, *, due: bool = True) -> list[Profile]:
+    """(rule, tz, created, start, end): the last period [start, end) to end by as_of, or
+    (`due=False`) the one that follows it, which ends after as_of."""
     from models.periods import first_period, next_period
 
     profiles = []
@@ -65,8 +69,26 @@ def seed_profiles(as_of: dt.datetime) -> list[tuple[str, str, dt.date, dt.dateti
                 following = next_period(rule, created, tz, period)
                 while following.end <= as_of:
                     period, following = following, next_period(rule, created, tz, following)
-                profiles.append((rule, tz, created, _utc(period.start), _utc(period.end)))
+                current = period if due else following
+                profiles.append((rule, tz, created, _utc(current.start), _utc(current.end)))
     return profiles
+
+
+# A daily customer imported with its creation date at the epoch: one period behind for
+# every day since (issue 14).
+FAR_BEHIND_CREATED = dt.date(1970, 1, 1)
+
+
+def far_behind_profile() -> Profile:
+    from models.periods import first_period
+
+    first = first_period("daily", FAR_BEHIND_CREATED, "UTC")
+    return ("daily", "UTC", FAR_BEHIND_CREATED, _utc(first.start), _utc(first.end))
+
+
+def far_behind_periods(as_of: dt.datetime) -> int:
+    """How many daily periods a far-behind customer has ended by as_of (UTC days)."""
+    return (as_of.date() - FAR_BEHIND_CREATED).days
 
 
 def _utc(instant: dt.datetime) -> dt.datetime:
@@ -74,11 +96,19 @@ def _utc(instant: dt.datetime) -> dt.datetime:
     return dt.datetime(u.year, u.month, u.day, u.hour, u.minute, u.second, tzinfo=dt.UTC)
 
 
-def seed(engine, n: int, as_of: dt.datetime) -> int:  # type: ignore[no-untyped-def]
+def seed(
+    engine, n: int, as_of: dt.datetime, *, total: int | None = None, far_behind: int = 0
+) -> int:  # type: ignore[no-untyped-def]
+    """Seed `total` customers (default `n`), of whom `n` are due at as_of, spread evenly
+    through the table (every total/n-th row), plus `far_behind` daily customers created on
+    1970-01-01 that have never been closed. Returns the number of profiles."""
     from sqlalchemy import text
 
+    total = n if total is None else total
+    if n < 1 or total % n:
+        raise ValueError(f"the customers in total ({total}) must be a multiple of the due ({n})")
     profiles = seed_profiles(as_of)
-    columns = [list(column) for column in zip(*profiles, strict=True)]
+    later = seed_profiles(as_of, due=False) if total > n else []
     with engine.begin() as conn:
         conn.execute(
             text(
@@ -87,42 +117,62 @@ def seed(engine, n: int, as_of: dt.datetime) -> int:  # type: ignore[no-untyped-
                 "INSERT INTO business_models (id, reseller_id, name, name_key, service_type,"
                 " description) VALUES (1, 1, 'Bench', 'bench', 'voice', '');"
                 "INSERT INTO customer_classes (id, reseller_id, name, name_key, invoice_template,"
-                " tax_name, tax_rate, notification_emails, custom_fields)"
-                " VALUES (1, 1, 'Bench', 'bench', 'default', 'VAT', 0, '[]', '[]')"
+                " tax_name, tax_rate, notification_emails, custom_fields, reminder_days)"
+                " VALUES (1, 1, 'Bench', 'bench', 'default.html', 'VAT', 0, '[]', '[]', '[]')"
             )
         )
-        conn.execute(
-            text(
-                """
-                WITH p AS (
-                    SELECT row_number() OVER () - 1 AS k, * FROM unnest(
-                        CAST(:rules AS text[]), CAST(:tzs AS text[]), CAST(:created AS date[]),
-                        CAST(:starts AS timestamptz[]), CAST(:ends AS timestamptz[])
-                    ) AS p(rule, tz, created, start_at, end_at)
-                )
-                INSERT INTO customers (
-                    reseller_id, name, name_key, business_model_id, customer_class_id,
-                    billing_period, billing_timezone, balance_control, currency, custom_data,
-                    created_at, created_local_date, current_period_start, current_period_end
-                )
-                SELECT 1, 'bench customer ' || g, 'bench customer ' || g, 1, 1, p.rule, p.tz,
-                       'prepaid', 'USD', '{}',
-                       p.created::timestamp AT TIME ZONE p.tz, p.created, p.start_at, p.end_at
-                FROM generate_series(0, :n - 1) AS g JOIN p ON p.k = g % :profiles
-                """
-            ),
-            {
-                "rules": columns[0],
-                "tzs": columns[1],
-                "created": columns[2],
-                "starts": columns[3],
-                "ends": columns[4],
-                "n": n,
-                "profiles": len(profiles),
-            },
-        )
+        # Row g is due when g is a multiple of total/n; the others' period ends after as_of.
+        _insert_customers(conn, profiles, later, count=total, every=total // n, first=0)
+        if far_behind:
+            _insert_customers(
+                conn, [far_behind_profile()], [], count=far_behind, every=1, first=total
+            )
     vacuum(engine)
     return len(profiles)
+
+
+def _insert_customers(
+    conn, due: list[Profile], later: list[Profile], *, count: int, every: int, first: int
+) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import text
+
+    rows = [(True, *p) for p in due] + [(False, *p) for p in later]
+    columns = [list(column) for column in zip(*rows, strict=True)]
+    conn.execute(
+        text(
+            """
+            WITH p AS (
+                SELECT row_number() OVER (PARTITION BY due) - 1 AS k, * FROM unnest(
+                    CAST(:due AS boolean[]), CAST(:rules AS text[]), CAST(:tzs AS text[]),
+                    CAST(:created AS date[]), CAST(:starts AS timestamptz[]),
+                    CAST(:ends AS timestamptz[])
+                ) AS p(due, rule, tz, created, start_at, end_at)
+            )
+            INSERT INTO customers (
+                reseller_id, name, name_key, business_model_id, customer_class_id,
+                billing_period, billing_timezone, balance_control, currency, custom_data,
+                created_at, created_local_date, current_period_start, current_period_end
+            )
+            SELECT 1, 'bench customer ' || g, 'bench customer ' || g, 1, 1, p.rule, p.tz,
+                   'prepaid', 'USD', '{}',
+                   p.created::timestamp AT TIME ZONE p.tz, p.created, p.start_at, p.end_at
+            FROM generate_series(:first, :first + :count - 1) AS g
+            JOIN p ON p.due = ((g - :first) % :every = 0) AND p.k = g % :profiles
+            """
+        ),
+        {
+            "due": columns[0],
+            "rules": columns[1],
+            "tzs": columns[2],
+            "created": columns[3],
+            "starts": columns[4],
+            "ends": columns[5],
+            "count": count,
+            "every": every,
+            "first": first,
+            "profiles": len(due),
+        },
+    )
 
 
 def vacuum(engine) -> None:  # type: ignore[no-untyped-def]
@@ -210,6 +260,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000, help="due customers to close")
     parser.add_argument("--batch", type=int, default=10_000, help="customers per transaction")
+    parser.add_argument(
+        "--far-behind",
+        type=int,
+        default=0,
+        help="also seed this many daily customers created 1970-01-01, never closed",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
     parser.add_argument("--_close", dest="close_as_of", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -221,9 +277,9 @@ def main() -> None:
     from sqlalchemy.engine import make_url
 
     run = uuid.uuid4().hex[:8]
-    database = f"billing_bench_{run}"
+    database = f"bench_close_{run}"
     url = make_url(ADMIN_URL).set(database=database).render_as_string(hide_password=False)
-    prefix = f"billing-bench-{run}:"
+    prefix = f"bench-close-{run}:"
     env = {
         **os.environ,
         "BILLING_DATABASE_URL": url,
@@ -242,7 +298,9 @@ def main() -> None:
         engine = create_engine(url)
         print(f"seeding {args.n:,} due customers ...", flush=True)
         started = time.perf_counter()
-        profiles = seed(engine, args.n, AS_OF)
+        profiles = seed(engine, args.n, AS_OF, far_behind=args.far_behind)
+        customers = args.n + args.far_behind
+        expected = args.n + args.far_behind * far_behind_periods(AS_OF)
         with engine.connect() as conn:
             zones, rules = conn.execute(
                 text(
@@ -254,9 +312,14 @@ def main() -> None:
             f"seeded in {time.perf_counter() - started:.1f}s: {profiles} (rule, zone, creation"
             f" date) profiles, {rules} rules, {zones} timezones, all due at {AS_OF.isoformat()}"
         )
+        if args.far_behind:
+            print(
+                f"plus {args.far_behind:,} daily customer(s) created {FAR_BEHIND_CREATED}, "
+                f"{far_behind_periods(AS_OF):,} periods behind each: {expected:,} periods due"
+            )
 
         rows, bare_seconds = bare_insert(engine)
-        assert rows == args.n, rows
+        assert rows == customers, rows
         child = subprocess.run(
             [sys.executable, __file__, "--_close", AS_OF.isoformat(), "--batch", str(args.batch)],
             env=env,
@@ -277,9 +340,9 @@ def main() -> None:
         update_seconds = bare_update(engine)
         engine.dispose()
         queued = _queued_invoice_ids(prefix)
-        assert closed == distinct == args.n, (closed, distinct)
+        assert (closed, distinct) == (expected, customers), (closed, distinct)
         assert still_due == 0, still_due
-        assert queued == args.n, queued
+        assert queued == expected, queued
 
         bare_rate = rows / bare_seconds
         close_rate = close["closed"] / close["seconds"]

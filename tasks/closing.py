@@ -1,11 +1,13 @@
 """Closing billing periods, and the reconcile step that heals lost invoice messages.
 
 `close_due` finds every active customer whose current period has ended
-(`current_period_end <= now`), records the closed period, advances the customer by exactly
-one period and, after each batch commits, queues invoice generation for what it closed
-(sent by a background thread while the next batch is written; see `BackgroundSender`).
-A customer several periods behind is claimed again by a later batch of the same run, so
-missed periods close separately and in order.
+(`current_period_end <= now`), records every period of it that has ended by `now` (each
+missed period its own row, in order), moves the customer to the first period that has not
+ended and, after each batch commits, queues invoice generation for what it closed (sent by
+a background thread while the next batch is written; see `BackgroundSender`), a customer's
+periods together and in order. A batch records at most `period_limit` periods: a customer
+behind by more (or a batch of many far-behind customers) is claimed again by a later batch
+of the same run and goes on from where it stopped.
 
 Exactly once, whatever runs at the same time:
 - one closed period per (customer, period start), enforced by the unique constraint and
@@ -18,18 +20,19 @@ Exactly once, whatever runs at the same time:
 Cost follows the work that is due: the claim walks the partial index on
 `current_period_end`, the period engine runs once per (rule, timezone, anchor, boundary)
 group (`models.closing_rules`), and on PostgreSQL each batch is written by one set-based
-statement. Only one batch is ever held in memory.
+statement. Only one batch is ever held in memory, and it is bounded by `period_limit`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import ColumnElement, Select, func, or_, select, text, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -37,7 +40,7 @@ from sqlalchemy.orm import Session
 
 from models import ClosedPeriod, Customer, CustomerStatus
 from models.closed_period import MAX_INVOICE_ATTEMPTS
-from models.closing_rules import Advance, GroupedPeriods
+from models.closing_rules import CatchUp, GroupedPeriods, anchor_key
 from models.validation import Problem, parse_instant
 from tasks.base import BackgroundSender, BillingTask, WorkFailed, database_clock, one_line
 from tasks.period_changes import close_switching_periods
@@ -53,6 +56,11 @@ INVOICING_QUEUE = "invoicing"
 
 # (rule, timezone, local end date) -> closed periods, for the operator's report.
 GroupCounts = Counter[tuple[str, str, dt.date]]
+
+# Closed periods one close transaction records at most (or one per claimed customer, if
+# the batch is larger): a customer 20,000 daily periods behind closes in one transaction,
+# and a batch of such customers shares the budget and comes back for the rest.
+PERIOD_LIMIT = 50_000
 
 
 class CloseStatus(StrEnum):
@@ -75,7 +83,7 @@ class _Tally:
 class CloseSummary:
     closed: int = 0  # closed-period rows this run created
     already_closed: int = 0  # claimed periods another run had recorded (conflict = done)
-    advanced: int = 0  # customers moved on by one period (a customer behind counts each time)
+    advanced: int = 0  # periods customers moved past (closed here, or already by another run)
     batches: int = 0
     invoice_messages: int = 0
     period_computations: int = 0  # distinct groups the period engine was asked about
@@ -139,12 +147,15 @@ def close_due(
     now: dt.datetime,
     batch_size: int,
     invoice_batch_size: int | None = None,
+    period_limit: int = PERIOD_LIMIT,
 ) -> CloseSummary:
     """Close every period that has ended at `now`, committing one batch at a time (a crash
     loses at most the batch in flight); invoice messages go out after each commit."""
     _require_aware(now)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if period_limit < 1:
+        raise ValueError(f"period_limit must be at least 1, got {period_limit}")
     invoice_batch = invoice_batch_size or settings().invoice_batch_size
     groups = GroupedPeriods()
     tally = _Tally()
@@ -158,11 +169,16 @@ def close_due(
     try:
         with sender:
             while True:
+                _plan_batch(session)
                 claimed = session.execute(
                     _claim_due(session, now, batch_size, set(unclosable))
                 ).all()
                 if claimed:
-                    closed_ids = _close_batch(session, claimed, groups, now, unclosable, tally)
+                    written = _close_batch(
+                        session, claimed, groups, now, unclosable, tally, period_limit
+                    )
+                    closed_ids = written.ids
+                    chunks = _customer_chunks(written.ids, written.customers, invoice_batch)
                 else:
                     # Customers whose period ends where a rule or zone change waits are
                     # closed one by one (tasks.period_changes); they may then be due again.
@@ -175,9 +191,8 @@ def close_due(
                     tally.advanced += switched
                     tally.closed += len(closed_ids)
                     tally.already_closed += switched - len(closed_ids)
-                tally.invoice_messages += _queue_invoices(
-                    session, sender, closed_ids, invoice_batch
-                )
+                    chunks = _chunks(closed_ids, invoice_batch)
+                tally.invoice_messages += _queue_invoices(session, sender, chunks)
                 # The previous batch's messages went out while this batch was being written.
                 sender.wait()
                 session.commit()
@@ -231,27 +246,38 @@ def _close_batch(
     now: dt.datetime,
     unclosable: dict[int, str],
     tally: _Tally,
-) -> list[int]:
-    """Close one claimed batch (not committed); the ids of the closed periods it created."""
+    period_limit: int,
+) -> _Written:
+    """Close one claimed batch (not committed): the closed periods it created."""
     write = _write_postgresql if session.get_bind().dialect.name == "postgresql" else _write_sqlite
+    rows = [(row, _id_list(row[-1])) for row in claimed]
+    # The claim comes oldest period end first, so the customers furthest behind take what
+    # the budget leaves after one period for each customer still to come.
+    waiting = sum(len(ids) for _row, ids in rows)
+    budget = period_limit
     steps = []
-    for rule, tz, created, start, end, joined_ids in claimed:
-        ids = _id_list(joined_ids)
+    for (rule, tz, created, start, end, pending_from, _ids), ids in rows:
+        waiting -= len(ids)
+        limit = max(1, (budget - waiting) // len(ids))
         try:
-            steps.append((ids, rule, tz, start, end, groups.advance(rule, created, tz, start, end)))
+            catch_up = groups.catch_up(
+                rule, created, tz, start, end, until=now, stop=pending_from, limit=limit
+            )
         except ValueError as exc:
             for customer_id in ids:
                 logger.error("customer %s cannot be closed: %s", customer_id, exc)
                 unclosable[customer_id] = str(exc)
-    closed = write(session, steps, groups, now) if steps else {}
-    closed_ids = sorted(i for ids in closed.values() for i in ids)
-    advanced = sum(len(step[0]) for step in steps)
+            continue
+        steps.append((ids, rule, tz, anchor_key(rule, created), catch_up))
+        budget -= len(ids) * len(catch_up.periods)
+    written = write(session, steps, now) if steps else _Written([], [], {})
+    advanced = sum(len(ids) * len(catch_up.periods) for ids, *_, catch_up in steps)
     tally.batches += 1
     tally.advanced += advanced
-    tally.closed += len(closed_ids)
-    tally.already_closed += advanced - len(closed_ids)
-    tally.by_boundary.update({key: len(ids) for key, ids in closed.items()})
-    return closed_ids
+    tally.closed += len(written.ids)
+    tally.already_closed += advanced - len(written.ids)
+    tally.by_boundary.update(written.counts)
+    return written
 
 
 def _claim_due(
@@ -265,6 +291,7 @@ def _claim_due(
             Customer.created_local_date,
             Customer.current_period_start,
             Customer.current_period_end,
+            Customer.pending_from,
         )
         .where(
             Customer.status == CustomerStatus.ACTIVE.value,
@@ -294,109 +321,160 @@ def _claim_due(
         claimed.c.created_local_date,
         claimed.c.current_period_start,
         claimed.c.current_period_end,
+        claimed.c.pending_from,
     )
     ids: ColumnElement[Any]
     if session.get_bind().dialect.name == "postgresql":
         ids = func.array_agg(claimed.c.id)
     else:
         ids = func.group_concat(claimed.c.id)
-    # Instants first: sorting on them mostly avoids comparing text.
-    return select(*shared, ids).group_by(*reversed(shared))
+    # Instants first: sorting on them mostly avoids comparing text. Oldest end first: see
+    # _close_batch.
+    return select(*shared, ids).group_by(*reversed(shared)).order_by(claimed.c.current_period_end)
 
 
 def _id_list(ids: list[int] | str) -> list[int]:
     return [int(i) for i in ids.split(",")] if isinstance(ids, str) else ids
 
 
-ClosedByGroup = dict[tuple[str, str, dt.date], list[int]]
-# (customer ids, rule, timezone, period start, period end, what closing it means)
-Steps = Sequence[tuple[list[int], str, str, dt.datetime, dt.datetime, Advance]]
+class _Written(NamedTuple):
+    """What a batch recorded: closed-period ids ordered by customer then period start, the
+    customer of each, and the count per (rule, timezone, local end date)."""
 
-# One round trip per batch: advance the claimed customers by one period and record the
-# periods they leave (a conflict means another run recorded it). Per customer only its id
-# and the number of its group travel; what a group shares (the period being closed, its
-# local dates, the next end) is sent once per group and looked up by subscript. Customers
-# are read once, by primary key, in the UPDATE; its RETURNING hands the period being
-# closed to the INSERT (the new period start is the old end).
+    ids: list[int]
+    customers: list[int]
+    counts: dict[tuple[str, str, dt.date], int]
+
+
+# (customer ids, rule, timezone, anchor key, the periods they close and where they move)
+Steps = Sequence[tuple[list[int], str, str, int, CatchUp]]
+
+# One round trip per batch: move the claimed customers to their next open period and
+# record every period they leave (a conflict means another run recorded it). Per customer
+# only its id and the number of its group travel; what a group shares (where it moves,
+# the range of its periods in the period arrays) is sent once per group, and each period
+# once, all looked up by subscript. Customers are read once, by primary key, in the
+# UPDATE; its RETURNING hands the rule and zone to the INSERT, which writes a customer's
+# periods in order (generate_series over its group's range).
 _CLOSE_BATCH_POSTGRESQL = text(
     """
-    WITH batch AS (
-        SELECT b.customer_id,
-               g.period_starts[b.n] AS period_start,
-               g.start_dates[b.n] AS start_date,
-               g.end_dates[b.n] AS end_date,
-               g.next_ends[b.n] AS next_end
+    WITH g AS (
+        SELECT CAST(:next_starts AS timestamptz[]) AS next_starts,
+               CAST(:next_ends AS timestamptz[]) AS next_ends,
+               CAST(:firsts AS integer[]) AS firsts,
+               CAST(:lasts AS integer[]) AS lasts,
+               CAST(:period_starts AS timestamptz[]) AS period_starts,
+               CAST(:period_ends AS timestamptz[]) AS period_ends,
+               CAST(:start_dates AS date[]) AS start_dates,
+               CAST(:end_dates AS date[]) AS end_dates
+    ), batch AS (
+        SELECT b.customer_id, b.n, g.next_starts[b.n] AS next_start, g.next_ends[b.n] AS next_end
         FROM unnest(CAST(:customer_ids AS bigint[]), CAST(:group_numbers AS integer[]))
                  AS b(customer_id, n),
-             (SELECT CAST(:period_starts AS timestamptz[]) AS period_starts,
-                     CAST(:start_dates AS date[]) AS start_dates,
-                     CAST(:end_dates AS date[]) AS end_dates,
-                     CAST(:next_ends AS timestamptz[]) AS next_ends) AS g
+             g
     ), advanced AS (
         UPDATE customers c
-        SET current_period_start = c.current_period_end, current_period_end = b.next_end
+        SET current_period_start = b.next_start, current_period_end = b.next_end
         FROM batch b
         WHERE c.id = b.customer_id
-        RETURNING c.id, b.period_start, c.current_period_start AS period_end, b.start_date,
-                  b.end_date, c.billing_period, c.billing_timezone
+        RETURNING c.id, b.n, c.billing_period, c.billing_timezone
     ), closed AS (
         INSERT INTO closed_periods (
             customer_id, period_start, period_end, start_date, end_date,
             billing_period, billing_timezone, closed_at, invoice_enqueued_at
         )
-        SELECT id, period_start, period_end, start_date, end_date,
-               billing_period, billing_timezone, :now, :now
-        FROM advanced
+        SELECT a.id, g.period_starts[i], g.period_ends[i], g.start_dates[i], g.end_dates[i],
+               a.billing_period, a.billing_timezone, :now, :now
+        FROM advanced a, g, generate_series(g.firsts[a.n], g.lasts[a.n]) AS i
         ON CONFLICT (customer_id, period_start) DO NOTHING
-        RETURNING id, billing_period, billing_timezone, end_date
+        RETURNING id, customer_id, period_start, billing_period, billing_timezone, end_date
+    ), counted AS (
+        SELECT billing_period, billing_timezone, end_date, count(*) AS closed
+        FROM closed
+        GROUP BY billing_period, billing_timezone, end_date
     )
-    SELECT billing_period, billing_timezone, end_date, array_agg(id) AS ids
-    FROM closed
-    GROUP BY billing_period, billing_timezone, end_date
+    SELECT (SELECT array_agg(id ORDER BY customer_id, period_start) FROM closed),
+           (SELECT array_agg(customer_id ORDER BY customer_id, period_start) FROM closed),
+           array_agg(billing_period), array_agg(billing_timezone), array_agg(end_date),
+           array_agg(closed)
+    FROM counted
     """
 )
 
 
-# Left to itself the planner joins a batch of thousands to `customers` by hashing a
-# sequential scan of the whole table: cost that grows with the customer base. A batch is
-# always a small part of the table, so the primary-key index is right; JIT compilation
-# costs more than it saves on statements this short.
+# Cost must follow the due work, not the customer base, whatever the statistics say (a
+# small table, a plan cached while the table was small, a batch as large as what is due):
+# - the claim walks `ix_customers_due` in end order and stops at its limit; a sequential
+#   or bitmap scan reads every due customer (or every customer) to sort them, each batch;
+# - left to itself the planner joins a batch of thousands to `customers` by hashing a
+#   sequential scan of the whole table; a batch is always a small part of the table, so
+#   the primary-key index is right.
+# JIT compilation costs more than it saves on statements this short. Set per transaction
+# (SET LOCAL), before the claim.
 _BATCH_PLAN_POSTGRESQL = text(
-    "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; SET LOCAL jit = off"
+    "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off;"
+    " SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; SET LOCAL jit = off"
 )
 
 
-def _write_postgresql(
-    session: Session, steps: Steps, groups: GroupedPeriods, now: dt.datetime
-) -> ClosedByGroup:
-    numbers: dict[tuple[str, dt.datetime, Advance], int] = {}
-    period_starts, start_dates, end_dates, next_ends = [], [], [], []
-    customer_ids, group_numbers = [], []
-    for ids, _rule, tz, start, _end, step in steps:
-        key = (tz, start, step)
+def _plan_batch(session: Session) -> None:
+    """The planner settings of a close transaction (PostgreSQL), before its claim."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(_BATCH_PLAN_POSTGRESQL)
+
+
+def _write_postgresql(session: Session, steps: Steps, now: dt.datetime) -> _Written:
+    numbers: dict[tuple[str, str, int, dt.datetime, int], int] = {}
+    next_starts: list[dt.datetime] = []
+    next_ends: list[dt.datetime] = []
+    period_starts: list[dt.datetime] = []
+    period_ends: list[dt.datetime] = []
+    start_dates: list[dt.date] = []
+    end_dates: list[dt.date] = []
+    firsts: list[int] = []
+    lasts: list[int] = []
+    customer_ids: list[int] = []
+    group_numbers: list[int] = []
+    for ids, rule, tz, anchor, catch_up in steps:
+        # Groups that differ only in creation date but share the anchor walk the same
+        # periods: their periods are sent once.
+        periods = catch_up.periods
+        key = (rule, tz, anchor, periods[0].start, len(periods))
         number = numbers.get(key)
         if number is None:
-            period_starts.append(start)
-            start_dates.append(groups.local_date(start, tz))
-            end_dates.append(step.end_date)
-            next_ends.append(step.next_end)
-            number = numbers[key] = len(period_starts)  # SQL arrays count from 1
+            firsts.append(len(period_starts) + 1)  # SQL arrays count from 1
+            for period in periods:
+                period_starts.append(period.start)
+                period_ends.append(period.end)
+                start_dates.append(period.start_date)
+                end_dates.append(period.end_date)
+            lasts.append(len(period_starts))
+            next_starts.append(catch_up.next_start)
+            next_ends.append(catch_up.next_end)
+            number = numbers[key] = len(firsts)
         customer_ids.extend(ids)
         group_numbers.extend([number] * len(ids))
-    session.execute(_BATCH_PLAN_POSTGRESQL)
-    rows = session.execute(
+    ids, customers, rules, tzs, dates, counts = session.execute(
         _CLOSE_BATCH_POSTGRESQL,
         {
             "customer_ids": _array_literal(customer_ids),
             "group_numbers": _array_literal(group_numbers),
+            "next_starts": next_starts,
+            "next_ends": next_ends,
+            "firsts": _array_literal(firsts),
+            "lasts": _array_literal(lasts),
             "period_starts": period_starts,
+            "period_ends": period_ends,
             "start_dates": start_dates,
             "end_dates": end_dates,
-            "next_ends": next_ends,
             "now": now,
         },
+    ).one()
+    if ids is None:  # every period had been recorded by another run
+        return _Written([], [], {})
+    return _Written(
+        ids, customers, dict(zip(zip(rules, tzs, dates, strict=True), counts, strict=True))
     )
-    return {(rule, tz, end_date): ids for rule, tz, end_date, ids in rows}
 
 
 def _array_literal(numbers: list[int]) -> str:
@@ -405,50 +483,54 @@ def _array_literal(numbers: list[int]) -> str:
     return "{" + ",".join(map(str, numbers)) + "}"
 
 
-def _write_sqlite(
-    session: Session, steps: Steps, groups: GroupedPeriods, now: dt.datetime
-) -> ClosedByGroup:
+def _write_sqlite(session: Session, steps: Steps, now: dt.datetime) -> _Written:
     # The embedded default: same statements, written with the ORM's portable constructs
-    # (SQLite has no arrays to unnest); one UPDATE per distinct next boundary.
+    # (SQLite has no arrays to unnest); one UPDATE per distinct next period.
     records: list[dict[str, Any]] = []
-    advancing: dict[dt.datetime, list[int]] = {}
-    for ids, rule, tz, start, end, step in steps:
+    moving: dict[tuple[dt.datetime, dt.datetime], list[int]] = {}
+    for ids, rule, tz, _anchor, catch_up in steps:
         records.extend(
             {
                 "customer_id": customer_id,
-                "period_start": start,
-                "period_end": end,
-                "start_date": groups.local_date(start, tz),
-                "end_date": step.end_date,
+                "period_start": period.start,
+                "period_end": period.end,
+                "start_date": period.start_date,
+                "end_date": period.end_date,
                 "billing_period": rule,
                 "billing_timezone": tz,
                 "closed_at": now,
                 "invoice_enqueued_at": now,
             }
             for customer_id in ids
+            for period in catch_up.periods
         )
-        advancing.setdefault(step.next_end, []).extend(ids)
-    inserted = session.execute(
-        sqlite_insert(ClosedPeriod)
-        .on_conflict_do_nothing(index_elements=["customer_id", "period_start"])
-        .returning(
-            ClosedPeriod.id,
-            ClosedPeriod.billing_period,
-            ClosedPeriod.billing_timezone,
-            ClosedPeriod.end_date,
-        ),
-        records,
+        moving.setdefault((catch_up.next_start, catch_up.next_end), []).extend(ids)
+    inserted = list(
+        session.execute(
+            sqlite_insert(ClosedPeriod)
+            .on_conflict_do_nothing(index_elements=["customer_id", "period_start"])
+            .returning(
+                ClosedPeriod.id,
+                ClosedPeriod.customer_id,
+                ClosedPeriod.period_start,
+                ClosedPeriod.billing_period,
+                ClosedPeriod.billing_timezone,
+                ClosedPeriod.end_date,
+            ),
+            records,
+        )
     )
-    closed: ClosedByGroup = {}
-    for closed_id, rule, tz, end_date in inserted:
-        closed.setdefault((rule, tz, end_date), []).append(closed_id)
-    for next_end, customer_ids in advancing.items():
+    inserted.sort(key=lambda row: (row.customer_id, row.period_start))
+    counts = Counter((row.billing_period, row.billing_timezone, row.end_date) for row in inserted)
+    for (next_start, next_end), customer_ids in moving.items():
         session.execute(
             update(Customer)
             .where(Customer.id.in_(customer_ids))
-            .values(current_period_start=Customer.current_period_end, current_period_end=next_end)
+            .values(current_period_start=next_start, current_period_end=next_end)
         )
-    return closed
+    return _Written(
+        [row.id for row in inserted], [row.customer_id for row in inserted], dict(counts)
+    )
 
 
 def reconcile(
@@ -501,20 +583,46 @@ def reconcile(
             lost = sorted(i for i in ids if i not in still_queued)
             requeued += len(lost)
             skipped += len(ids) - len(lost)
-            messages += _queue_invoices(session, sender, lost, invoice_batch)
+            messages += _queue_invoices(session, sender, _chunks(lost, invoice_batch))
             sender.wait()
             session.commit()
         session.commit()
     return ReconcileSummary(requeued=requeued, invoice_messages=messages, still_queued=skipped)
 
 
+def _chunks(closed_ids: Sequence[int], chunk: int) -> list[Sequence[int]]:
+    return [closed_ids[offset : offset + chunk] for offset in range(0, len(closed_ids), chunk)]
+
+
+def _customer_chunks(
+    closed_ids: Sequence[int], customers: Sequence[int], chunk: int
+) -> list[Sequence[int]]:
+    """`closed_ids` (ordered by customer, then period) in pieces of at most `chunk`, cut
+    between customers: a customer's periods travel together, in order, unless they alone
+    are more than `chunk` (then in consecutive pieces). Invoicing issues a customer's
+    earlier periods first anyway; one message saves it waiting on another."""
+    pieces = []
+    offset = 0
+    while offset < len(closed_ids):
+        cut = offset + chunk
+        if cut < len(closed_ids) and customers[cut - 1] == customers[cut]:
+            # The cut splits a customer: end the piece before that customer's first period,
+            # unless the piece would then be empty.
+            first = bisect_left(customers, customers[cut], offset, cut)
+            cut = first if first > offset else cut
+        pieces.append(closed_ids[offset:cut])
+        offset = cut
+    return pieces
+
+
 def _queue_invoices(
-    session: Session, sender: BackgroundSender, closed_ids: Sequence[int], chunk: int
+    session: Session, sender: BackgroundSender, chunks: Sequence[Sequence[int]]
 ) -> int:
-    """Queue invoice generation for `closed_ids`, `chunk` per message, after the commit."""
+    """Queue invoice generation, one message per chunk of closed-period ids, after the
+    commit."""
     signatures = []
-    for offset in range(0, len(closed_ids), chunk):
-        ids = list(closed_ids[offset : offset + chunk])
+    for chunk in chunks:
+        ids = list(chunk)
         # A short argsrepr for Flower and the logs; Celery's own repr of hundreds of ids
         # costs more than sending the message.
         argsrepr = f"[[{ids[0]}, … {len(ids)} closed periods … {ids[-1]}]]"

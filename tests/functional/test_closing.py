@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime as dt
+import itertools
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -250,6 +251,50 @@ def test_a_worker_down_for_three_days_closes_each_missed_period(
     assert current is not None
     assert current.current_period_start == dt.datetime(2026, 5, 13, 3, tzinfo=UTC)
     assert sorted(queued_invoice_ids(invoicing_queue)) == [c.id for c in closed]
+
+
+def test_a_customer_created_in_1970_closes_in_one_run_of_a_few_batches(
+    clean_db, closing_app, closing_worker, invoicing_queue
+) -> None:
+    """A daily customer imported with created_at 1970-01-01 has every day since closed by
+    one close_due through the worker, in one batch, and its invoice messages carry the
+    periods in order, BILLING_INVOICE_BATCH to a message (issue 14: one each before)."""
+    with Session(clean_db) as session:
+        customer = make_customer(
+            session,
+            billing_period="daily",
+            billing_timezone="Europe/Lisbon",
+            created_at=dt.datetime(1970, 1, 1, 12, tzinfo=UTC),
+        )
+        session.commit()
+        customer_id = customer.id
+
+    summary = run(
+        closing_app, "billing.periods.close_due", timeout=120, as_of="2026-06-01T12:00:00Z"
+    )
+
+    with Session(clean_db) as session:
+        closed = session.scalars(
+            select(ClosedPeriod)
+            .where(ClosedPeriod.customer_id == customer_id)
+            .order_by(ClosedPeriod.period_start)
+        ).all()
+        current = session.get(Customer, customer_id)
+    days = (dt.date(2026, 6, 1) - dt.date(1970, 1, 1)).days
+    assert len(closed) == summary["closed"] == days
+    assert [c.start_date for c in closed[:2]] == [dt.date(1970, 1, 1), dt.date(1970, 1, 2)]
+    assert closed[-1].end_date == dt.date(2026, 6, 1)
+    assert all(a.period_end == b.period_start for a, b in itertools.pairwise(closed))
+    assert current is not None
+    assert current.current_period_start == closed[-1].period_end
+    assert summary["batches"] == 1
+    # The list's head is the newest message: oldest first, the ids are the periods in order.
+    messages = [
+        json.loads(base64.b64decode(json.loads(raw)["body"]))[0][0]
+        for raw in reversed(invoicing_queue.lrange(INVOICING_KEY, 0, -1))
+    ]
+    assert [i for ids in messages for i in ids] == [c.id for c in closed]
+    assert summary["invoice_messages"] == invoicing_queue.llen(INVOICING_KEY) == -(-days // 500)
 
 
 def test_a_closer_skips_customers_another_closer_holds_and_never_duplicates(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -18,6 +19,7 @@ from tests.factories import get_or_create_catalog, make_customer
 from tests.fees_factories import make_plan, subscribe
 from tests.functional.test_closing import prefixed_app
 from tests.support import WorkerProcess, wait_for
+from worker.config import REDELIVERY_AFTER
 from worker.db import unit_of_work
 
 pytestmark = pytest.mark.functional
@@ -398,12 +400,13 @@ def _count(engine: Engine, sql: str) -> int:
 
 
 def test_killing_the_worker_mid_close_with_fees_bills_every_fee_once(
-    clean_db, kill_app, tmp_path
+    clean_db, kill_app, redis_client, tmp_path
 ) -> None:
     """SIGKILL while a two-day catch-up close is being invoiced, then a new worker closes
-    and reconciles: every period has one invoice, every fee is recorded once and on exactly
-    one line, and each customer is billed 67.00 then 37.00 (advance for three days, arrears
-    for two)."""
+    and reconciles, and the messages the dead worker held come back as the visibility
+    timeout brings them back: every period has one invoice, every fee is recorded once and
+    on exactly one line, and each customer is billed 67.00 then 37.00 (advance for three
+    days, arrears for two)."""
     n = 1500
     start = dt.datetime(2026, 4, 1, tzinfo=UTC)
     as_of = (start + dt.timedelta(days=2)).isoformat()
@@ -423,6 +426,13 @@ def test_killing_the_worker_mid_close_with_fees_bills_every_fee_once(
         doomed.kill()
     issued_at_kill = _count(clean_db, "SELECT count(*) FROM invoices WHERE status = 'issued'")
     assert issued_at_kill < 2 * n
+    # What REDELIVERY_AFTER (16 minutes) would do: the messages the dead worker took and
+    # never acknowledged become due to go back to their queue (see test_redelivery).
+    # Reconcile rightly leaves their periods to them: they are still in the broker. (A
+    # customer's missed periods travel in one message, so no later message heals them.)
+    index = f"{KILL_PREFIX}unacked_index"
+    for tag in redis_client.zrange(index, 0, -1):
+        redis_client.zadd(index, {tag: time.time() - REDELIVERY_AFTER - 5})
 
     survivor = _kill_worker(kill_app, tmp_path, "fees-survivor")
     survivor.start()

@@ -151,6 +151,246 @@ def test_a_customer_three_days_behind_gets_three_daily_periods_in_order(session,
     assert sorted(sent.ids) == [c.id for c in closed]
 
 
+def _catch_up_mix(session: Session) -> None:
+    """Customers behind by weeks to a year under every rule, in zones whose midnight is
+    skipped or repeated, one with a rule change waiting at a boundary further on."""
+    created = dt.datetime(2025, 3, 30, 17, tzinfo=UTC)
+    zones = ("America/Havana", "Australia/Lord_Howe")
+    rules = ("daily", "weekly", "semimonthly", "monthly", "monthly_anniversary", "30_days")
+    for rule, tz in itertools.product(rules, zones):
+        make_customer(
+            session,
+            name=f"{rule} {tz}",
+            billing_period=rule,
+            billing_timezone=tz,
+            created_at=created,
+        )
+    waiting = make_customer(
+        session,
+        name="switching",
+        billing_period="daily",
+        billing_timezone="UTC",
+        created_at=dt.datetime(2026, 1, 1, 9, tzinfo=UTC),
+    )
+    # A change to weekly in Tokyo waits at the end of the tenth daily period.
+    waiting.pending_billing_period = "weekly"
+    waiting.pending_billing_timezone = "Asia/Tokyo"
+    waiting.pending_from = dt.datetime(2026, 1, 11, tzinfo=UTC)
+    session.commit()
+
+
+def _closed_rows(session: Session) -> list[tuple[object, ...]]:
+    return [
+        tuple(row)
+        for row in session.execute(
+            select(
+                Customer.name,
+                ClosedPeriod.period_start,
+                ClosedPeriod.period_end,
+                ClosedPeriod.start_date,
+                ClosedPeriod.end_date,
+                ClosedPeriod.billing_period,
+                ClosedPeriod.billing_timezone,
+            )
+            .join(Customer, Customer.id == ClosedPeriod.customer_id)
+            .order_by(Customer.name, ClosedPeriod.period_start)
+        )
+    ]
+
+
+def _current_periods(session: Session) -> list[tuple[object, ...]]:
+    return [
+        tuple(row)
+        for row in session.execute(
+            select(
+                Customer.name,
+                Customer.billing_period,
+                Customer.billing_timezone,
+                Customer.current_period_start,
+                Customer.current_period_end,
+                Customer.pending_from,
+            ).order_by(Customer.name)
+        )
+    ]
+
+
+def test_catching_up_in_one_pass_records_what_one_period_passes_would(session, sent) -> None:
+    """Every customer's missed periods close in one pass and one batch, and the rows and
+    the periods the customers move to equal those of the old one-period-per-pass close
+    (`period_limit=1`, one customer a batch), rule changes included."""
+    now = dt.datetime(2026, 4, 2, 12, tzinfo=UTC)
+    _catch_up_mix(session)
+
+    summary = close_due(session, now=now, batch_size=100)
+    one_pass = _closed_rows(session), _current_periods(session)
+    session.query(ClosedPeriod).delete()
+    session.query(Customer).delete()
+    session.commit()
+    _catch_up_mix(session)
+    stepwise = close_due(session, now=now, batch_size=1, period_limit=1)
+
+    assert (_closed_rows(session), _current_periods(session)) == one_pass
+    assert summary.closed == stepwise.closed == len(one_pass[0]) > 900
+    # One batch for everyone, then the switching period alone, then the rest after it.
+    assert summary.batches == 3
+    assert stepwise.batches == stepwise.closed
+    # The waiting change took effect at its boundary and nowhere else.
+    switching = [row for row in one_pass[0] if row[0] == "switching"]
+    assert [row[5:] for row in switching[:10]] == [("daily", "UTC")] * 10
+    assert {row[5:] for row in switching[10:]} == {("weekly", "Asia/Tokyo")}
+    assert switching[10][1] == dt.datetime(2026, 1, 11, tzinfo=UTC)
+
+
+def test_a_customer_created_in_1970_closes_in_one_batch_with_batched_messages(
+    session, sent
+) -> None:
+    """A daily customer imported with created_at 1970-01-01 gets every day since closed in
+    one batch, each period the engine's, contiguous and in order, and its invoice messages
+    carry them in period order, `invoice_batch_size` to a message, not one each."""
+    customer = make_customer(
+        session,
+        billing_period="daily",
+        billing_timezone="America/Havana",
+        created_at=dt.datetime(1970, 1, 1, 12, tzinfo=UTC),
+    )
+    others = [make_customer(session, billing_period="monthly") for _ in range(3)]
+    session.commit()
+    now = dt.datetime(2026, 6, 1, 12, tzinfo=UTC)
+
+    summary = close_due(session, now=now, batch_size=100, invoice_batch_size=1000)
+
+    closed = _closed(session, customer)
+    expected = []
+    period = Period(
+        pendulum.instance(closed[0].period_start), pendulum.instance(closed[0].period_end)
+    )
+    while period.end <= now:
+        # In UTC: aware times sharing a zone compare by wall clock, which a repeated hour
+        # fools.
+        expected.append((period.start.astimezone(UTC), period.end.astimezone(UTC)))
+        period = next_period("daily", dt.date(1970, 1, 1), "America/Havana", period)
+    assert [(c.period_start, c.period_end) for c in closed] == expected
+    assert len(closed) == (now.date() - dt.date(1970, 1, 1)).days  # 20,605 local days
+    assert closed[0].start_date == dt.date(1970, 1, 1)
+    session.refresh(customer)
+    assert (customer.current_period_start, customer.current_period_end) == (
+        period.start.astimezone(UTC),
+        period.end.astimezone(UTC),
+    )
+    assert summary.batches == 1
+    assert summary.closed == len(closed) + sum(len(_closed(session, c)) for c in others)
+    ids = [c.id for c in closed]
+    mine = set(ids)
+    in_messages = [i for signature in sent for i in signature.args[0] if i in mine]
+    assert in_messages == ids  # in period order
+    assert summary.invoice_messages == len(sent) == -(-summary.closed // 1000)
+    assert all(len(signature.args[0]) <= 1000 for signature in sent)
+
+
+def test_a_batch_records_at_most_the_period_limit_and_comes_back_for_the_rest(
+    session, sent, monkeypatch
+) -> None:
+    """Memory stays bounded: customers far behind share each batch's period budget, a
+    later batch of the same run goes on where the last one stopped, and everything still
+    closes exactly once."""
+    import tasks.closing
+
+    written: list[int] = []
+    for name in ("_write_postgresql", "_write_sqlite"):
+        original = getattr(tasks.closing, name)
+
+        def counting(session, steps, now, _original=original):  # type: ignore[no-untyped-def]
+            written.append(sum(len(ids) * len(catch_up.periods) for ids, *_, catch_up in steps))
+            return _original(session, steps, now)
+
+        monkeypatch.setattr(tasks.closing, name, counting)
+    behind = [
+        make_customer(
+            session,
+            billing_period="daily",
+            billing_timezone=tz,
+            created_at=dt.datetime(2025, 12, 1, 12, tzinfo=UTC),
+        )
+        for tz in ("UTC", "UTC", "Europe/Paris", "Asia/Tokyo")
+    ]
+    session.commit()
+    now = dt.datetime(2026, 1, 1, 12, tzinfo=UTC)  # 31 days each: 124 periods
+
+    summary = close_due(session, now=now, batch_size=10, period_limit=20)
+
+    assert summary.closed == sum(written) == 124
+    assert max(written) <= 20
+    assert summary.batches == len(written) >= 7
+    for customer in behind:
+        closed = _closed(session, customer)
+        assert len(closed) == 31
+        assert all(a.period_end == b.period_start for a, b in itertools.pairwise(closed))
+    assert sorted(sent.ids) == sorted(session.scalars(select(ClosedPeriod.id)))
+
+
+@pytest.mark.parametrize(
+    ("customers", "chunk", "expected"),
+    [
+        ([1, 1, 1, 2, 2, 2, 3, 3, 3], 4, [[1, 1, 1], [2, 2, 2], [3, 3, 3]]),
+        ([1, 2, 3, 4, 5], 2, [[1, 2], [3, 4], [5]]),
+        ([1] * 9 + [2], 4, [[1] * 4, [1] * 4, [1, 2]]),
+        ([1, 2, 2, 2, 2, 2, 3], 3, [[1], [2, 2, 2], [2, 2, 3]]),
+        ([], 5, []),
+    ],
+)
+def test_invoice_messages_keep_a_customers_periods_together(customers, chunk, expected) -> None:
+    """Messages are cut between customers where a customer's periods fit in one, and a
+    customer with more periods than a message takes consecutive ones; nothing is lost or
+    reordered."""
+    from tasks.closing import _customer_chunks
+
+    ids = list(range(100, 100 + len(customers)))
+    pieces = _customer_chunks(ids, customers, chunk)
+
+    assert [[customers[i - 100] for i in piece] for piece in pieces] == expected
+    assert [i for piece in pieces for i in piece] == ids
+
+
+def test_the_claim_walks_the_due_index_even_when_every_customer_is_due(
+    clean_db, db_session
+) -> None:
+    """On PostgreSQL the claim is an index walk in end order that stops at its limit, not a
+    scan and sort of every due customer, even on a small table where all are due and the
+    limit exceeds them (there the planner alone picks a sequential scan and a sort)."""
+    from sqlalchemy import text
+    from sqlalchemy.dialects import postgresql
+
+    from tasks.closing import _claim_due, _plan_batch
+
+    make_customer(db_session, name="model", billing_period="daily")
+    columns = (
+        "reseller_id, business_model_id, customer_class_id, billing_period, billing_timezone,"
+        " balance_control, currency, balance, custom_data, created_at, created_local_date,"
+        " current_period_start"
+    )
+    # Period ends in no physical order (only the plan is looked at, nothing is closed).
+    db_session.execute(
+        text(
+            f"INSERT INTO customers (name, name_key, {columns}, current_period_end)"
+            f" SELECT 'c' || g, 'c' || g, {columns},"
+            "  current_period_end + (g * 7919 % 1000) * interval '1 minute'"
+            " FROM customers, generate_series(1, 2000) g"
+        )
+    )
+    db_session.commit()
+    db_session.execute(text("ANALYZE customers"))
+    claim = _claim_due(db_session, dt.datetime(2026, 2, 1, tzinfo=UTC), 5000, set())
+    sql = str(claim.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
+
+    _plan_batch(db_session)
+    plan = "\n".join(row[0] for row in db_session.execute(text(f"EXPLAIN {sql}")))
+    db_session.rollback()
+
+    assert "Index Scan using ix_customers_due on customers" in plan
+    assert "Seq Scan on customers" not in plan
+    assert "Bitmap" not in plan
+
+
 def test_closed_and_terminated_customers_are_no_longer_billed(session, sent) -> None:
     """Only active customers are selected, however long ago their period ended."""
     active = make_customer(session, billing_period="weekly")
