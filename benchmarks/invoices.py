@@ -329,7 +329,7 @@ CHECKS = {
     "charges not on their period's invoice": """
         SELECT count(*) FROM charges ch LEFT JOIN invoices i ON i.id = ch.invoice_id
         WHERE i.id IS NULL OR ch.occurred_at < i.period_start OR ch.occurred_at >= i.period_end
-           OR NOT EXISTS (SELECT 1 FROM invoice_lines l WHERE l.charge_id = ch.id)
+           OR NOT EXISTS (SELECT 1 FROM invoice_lines l WHERE l.charge_id = ch.id AND NOT l.void)
     """,
     "invoices whose totals differ from the sum of their lines": """
         SELECT count(*) FROM invoices i
