@@ -138,3 +138,37 @@ def test_every_numeric_option_is_validated_before_anything_runs(clean_db, argume
     assert result.exit_code == 2, result.output
     assert "Invalid value" in result.output
     assert "Traceback" not in result.output
+
+
+def test_close_reports_a_customer_far_behind_in_one_line_per_rule_and_zone(clean_db) -> None:
+    """A daily customer created in 1970 is caught up by one `billing close`: its 20,605
+    end dates are one line (first and last end date), not 20,605 lines."""
+    with Session(clean_db) as session:
+        make_customer(
+            session,
+            name="Legacy Co",
+            billing_period="daily",
+            billing_timezone="Europe/Lisbon",
+            created_at=dt.datetime(1970, 1, 1, 12, tzinfo=dt.UTC),
+        )
+        session.commit()
+
+    result = CliRunner().invoke(main, ["close", "--as-of", "2026-06-01T12:00:00Z"])
+
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("closed 20605 period(s) ended by 2026-06-01T12:00:00Z")
+    assert [line.split() for line in lines[1:]] == [
+        [
+            "20605",
+            "daily",
+            "Europe/Lisbon",
+            "ended",
+            "1970-01-02",
+            "to",
+            "2026-06-01",
+            "(20,605",
+            "end",
+            "dates)",
+        ]
+    ]

@@ -66,8 +66,7 @@ def close_command(as_of: str | None, as_json: bool) -> None:
     )
     if summary.already_closed:
         click.echo(f"{summary.already_closed} period(s) had already been closed")
-    for (rule, tz, end_date), count in sorted(summary.by_boundary.items()):
-        click.echo(f"  {count:>9}  {rule:<20} {tz:<32} ended {end_date.isoformat()}")
+    _echo_boundaries(summary.by_boundary)
     if summary.unclosable:
         click.echo(
             f"{len(summary.unclosable)} customer(s) could not be closed: their stored period "
@@ -82,6 +81,29 @@ def close_command(as_of: str | None, as_json: bool) -> None:
             err=True,
         )
     sys.exit(_exit_code(summary))
+
+
+# A (rule, zone) with more end dates than this (customers far behind, caught up in one
+# pass) is printed as one line with its first and last end date.
+BOUNDARY_LINES = 10
+
+
+def _echo_boundaries(by_boundary: dict[tuple[str, str, dt.date], int]) -> None:
+    """What was closed, a line per rule, zone and end date."""
+    groups: dict[tuple[str, str], list[tuple[dt.date, int]]] = {}
+    for (rule, tz, end_date), count in sorted(by_boundary.items()):
+        groups.setdefault((rule, tz), []).append((end_date, count))
+    for (rule, tz), ends in groups.items():
+        if len(ends) > BOUNDARY_LINES:
+            count = sum(n for _, n in ends)
+            first, last = ends[0][0].isoformat(), ends[-1][0].isoformat()
+            click.echo(
+                f"  {count:>9}  {rule:<20} {tz:<32} ended {first} to {last} "
+                f"({len(ends):,} end dates)"
+            )
+            continue
+        for end_date, count in ends:
+            click.echo(f"  {count:>9}  {rule:<20} {tz:<32} ended {end_date.isoformat()}")
 
 
 def _exit_code(summary: CloseSummary) -> int:
