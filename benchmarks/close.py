@@ -256,6 +256,30 @@ def run_close(as_of: str, batch: int) -> None:
     )
 
 
+def create_scratch() -> tuple[str, str, str, dict[str, str]]:
+    """A new scratch database (`bench_close_…`): (its name, its URL, a scratch Redis key
+    prefix, the environment that points the worker package at both)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    run = uuid.uuid4().hex[:8]
+    database = f"bench_close_{run}"
+    url = make_url(ADMIN_URL).set(database=database).render_as_string(hide_password=False)
+    prefix = f"bench-close-{run}:"
+    env = {
+        **os.environ,
+        "BILLING_DATABASE_URL": url,
+        "BILLING_BROKER_URL": REDIS_URL,
+        "BILLING_RESULT_BACKEND": REDIS_URL,
+        "BILLING_REDIS_KEY_PREFIX": prefix,
+    }
+    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{database}"'))
+    admin.dispose()
+    return database, url, prefix, env
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000, help="due customers to close")
@@ -274,23 +298,10 @@ def main() -> None:
         return
 
     from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
 
-    run = uuid.uuid4().hex[:8]
-    database = f"bench_close_{run}"
-    url = make_url(ADMIN_URL).set(database=database).render_as_string(hide_password=False)
-    prefix = f"bench-close-{run}:"
-    env = {
-        **os.environ,
-        "BILLING_DATABASE_URL": url,
-        "BILLING_BROKER_URL": REDIS_URL,
-        "BILLING_RESULT_BACKEND": REDIS_URL,
-        "BILLING_REDIS_KEY_PREFIX": prefix,
-    }
+    database, url, prefix, env = create_scratch()
     os.environ.update(env)
     admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{database}"'))
     try:
         from worker.migrate import upgrade
 

@@ -28,15 +28,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-from close import ADMIN_URL, AS_OF, REDIS_URL, _delete_keys, seed
+from close import ADMIN_URL, AS_OF, _delete_keys, create_scratch, seed
 
 CLOSE = str(Path(__file__).with_name("close.py"))
 INVOICE_BATCH = 1000
@@ -88,24 +86,11 @@ def measure(
 ) -> dict[str, Any]:
     """Seed `total` customers, `due` of them due, in a scratch database; close and invoice."""
     from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
 
     from worker.migrate import upgrade
 
-    run = uuid.uuid4().hex[:8]
-    database = f"bench_close_{run}"
-    url = make_url(ADMIN_URL).set(database=database).render_as_string(hide_password=False)
-    prefix = f"bench-close-{run}:"
-    env = {
-        **os.environ,
-        "BILLING_DATABASE_URL": url,
-        "BILLING_BROKER_URL": REDIS_URL,
-        "BILLING_RESULT_BACKEND": REDIS_URL,
-        "BILLING_REDIS_KEY_PREFIX": prefix,
-    }
+    database, url, prefix, env = create_scratch()
     admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{database}"'))
     try:
         upgrade(url)
         engine = create_engine(url)
