@@ -6,11 +6,10 @@ at once which of the batch's customers have any subscription at all. One stateme
 the customer's subscription terms not ended before the period, with their fee in the
 customer's currency; a customer without any costs nothing more. With in-advance terms,
 two more read the period that follows the closed one and the fees already recorded for
-both periods. The rules
-(`models.fees.fee_lines`) say which lines to bill; one `INSERT … ON CONFLICT DO NOTHING
-RETURNING` writes them into `subscription_fees`, the record unique per (term, period start,
-kind): a line a concurrent generator recorded first is its, not ours. The invoice lines
-follow in one insert. Nothing here renders or sends anything.
+both periods. The rules (`models.fees.fee_lines`) say which lines to bill; one `INSERT …
+ON CONFLICT DO NOTHING RETURNING` writes them into `subscription_fees`, the record unique
+per (term, period start, kind): a line a concurrent generator recorded first is its, not
+ours. The invoice lines follow in one insert. Nothing here renders or sends anything.
 
 The period that follows the closed one is the closed period starting at its end if the
 closer got there, else the customer's open period if it starts there; a customer closed at

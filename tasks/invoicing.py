@@ -137,7 +137,6 @@ class _Prepared:
     period: _Period
     invoice_id: int
     totals: Totals
-    covered: tuple[dt.date, dt.date]
     issue_date: dt.date
     due_date: dt.date
 
@@ -330,9 +329,9 @@ def _take_late_charges(session: Session, invoices: dict[int, _Period]) -> None:
     """Late charges (module doc) onto each customer's first invoice of the batch: the
     customer's uninvoiced charges from before that period whose own period is not waiting
     for its invoice. Rare, so their lines (which name the day) are written here."""
-    first: dict[int, tuple[int, _Period]] = {}
+    first: dict[int, int] = {}  # customer id -> its first invoice of the batch
     for invoice_id, period in sorted(invoices.items(), key=lambda item: item[1].period_start):
-        first.setdefault(period.customer_id, (invoice_id, period))
+        first.setdefault(period.customer_id, invoice_id)
     # A period whose invoice was voided waits for its reissue (tasks.corrections) like
     # an uninvoiced one: no live invoice.
     awaiting_reissue = ~exists().where(
@@ -350,7 +349,7 @@ def _take_late_charges(session: Session, invoices: dict[int, _Period]) -> None:
     claimed = session.execute(
         update(Charge)
         .where(
-            ids_in(session, target.id, [invoice_id for invoice_id, _ in first.values()]),
+            ids_in(session, target.id, first.values()),
             Charge.customer_id == target.customer_id,
             Charge.invoice_id.is_(None),
             Charge.occurred_at < target.period_start,
@@ -440,10 +439,11 @@ def _subtotals(session: Session, invoice_ids: list[int]) -> dict[int, Decimal]:
     }
 
 
-def _dates(period: _Period, now: dt.datetime) -> tuple[dt.date, tuple[dt.date, dt.date]]:
-    """(issue date, covered dates) of the period's invoice; raises for a period's own bad
-    data (an unknown zone, an empty period) before anything is written for the batch."""
-    return _issue_date(now, period.timezone), covered_dates(period.start_date, period.end_date)
+def _check_own_data(period: _Period, now: dt.datetime) -> None:
+    """Raise for a period's own bad data (an unknown zone, an empty period), before
+    anything is written for the batch."""
+    _issue_date(now, period.timezone)
+    covered_dates(period.start_date, period.end_date)
 
 
 @lru_cache(maxsize=1024)
@@ -457,11 +457,11 @@ def _prepare(
     """Phase 1 for a batch of periods, set-based: claim the invoices, bill the recurring
     fees, attach the charges, sum the lines, compute the totals and dates.
 
-    Returns (prepared, ids of the periods already invoiced). Whatever can fail for a
-    period's own data fails here, inside the caller's savepoint, never in phase 2 where the
-    whole batch is numbered at once. Nothing is rendered: documents are made on demand
+    Returns (prepared, ids of the periods already invoiced). The periods' own data was
+    checked before (`_sound_periods`); whatever else fails, fails here, inside the caller's
+    savepoint, never in phase 2 where the whole batch is numbered at once. Nothing is
+    rendered: documents are made on demand
     from the stored invoice (tasks.invoice_documents)."""
-    dates = {period.closed_period_id: _dates(period, now) for period in periods}
     created, resumed, already = _claim_invoices(session, periods)
     by_id = {period.closed_period_id: period for period in periods}
     # Recurring fees are billed with the invoice row that records them, so a resumed
@@ -474,7 +474,7 @@ def _prepare(
     subtotals = _subtotals(session, list(invoices))
     prepared = []
     for invoice_id, period in invoices.items():
-        issue, covered = dates[period.closed_period_id]
+        issue = _issue_date(now, period.timezone)
         prepared.append(
             _Prepared(
                 period=period,
@@ -482,7 +482,6 @@ def _prepare(
                 totals=invoice_totals(
                     [subtotals.get(invoice_id, Decimal(0))], period.tax_rate, period.currency
                 ),
-                covered=covered,
                 issue_date=issue,
                 due_date=due_date(issue, period.grace_period_days),
             )
@@ -745,7 +744,7 @@ def _sound_periods(
             failures.append(_held(period))
             continue
         try:
-            _dates(period, now)
+            _check_own_data(period, now)
         except Exception as exc:
             failed_customers.add(period.customer_id)
             failures.append(_failed(period, exc))
